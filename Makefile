@@ -1,0 +1,30 @@
+# Every target sets up its own virtual environment: `make test` on a fresh clone works.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test test-slow demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# pinned CPU build: a plain `torch` would pull gigabytes of CUDA packages
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+test: $(STAMP)
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+demo: $(STAMP)
+	$(VENV)/bin/csa demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/csa_layer.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info

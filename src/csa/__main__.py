@@ -1,0 +1,4 @@
+"""``python -m csa`` (and ``torchrun -m csa train ...``) run the command line."""
+from .cli import main
+
+main()

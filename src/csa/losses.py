@@ -1,0 +1,137 @@
+"""The training objective (SPEC 6): L1 on both stages, the consistency loss, RaLSGAN.
+
+Unlike the release, the consistency loss reaches the generator (masked to the hole on
+both sides), and the feature discriminator's generator term sees VGG(fake) with gradient.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .nn.attention import feature_mask
+from .nn.generator import CSA_DOWNSAMPLINGS, GeneratorOutput
+
+VGG_TAP_CHANNELS = 512  # VGG16 relu4_3
+
+
+def ralsgan_d(real: Tensor, fake: Tensor) -> Tensor:
+    """Relativistic average LSGAN, discriminator side (means over all elements)."""
+    return 0.5 * (((real - fake.mean() - 1) ** 2).mean() + ((fake - real.mean() + 1) ** 2).mean())
+
+
+def ralsgan_g(real: Tensor, fake: Tensor) -> Tensor:
+    """Relativistic average LSGAN, generator side: the D loss with the targets swapped."""
+    return 0.5 * (((real - fake.mean() + 1) ** 2).mean() + ((fake - real.mean() - 1) ** 2).mean())
+
+
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean squared error over the positions where mask is 1, all channels."""
+    weight = mask.expand_as(pred)
+    return ((pred - target) ** 2 * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+class ConsistencyLoss(nn.Module):
+    """MSE between each consistency tap and VGG16 relu4_3 of the ground truth, hole only.
+
+    When the taps are narrower than 512 channels (a reduced-width model), each tap gets a
+    learned 1x1 projection to 512, used only by this loss (trained with the generator).
+    """
+
+    def __init__(self, tap_channels: int, target_channels: int = VGG_TAP_CHANNELS, taps: int = 2) -> None:
+        super().__init__()
+        if tap_channels == target_channels:
+            self.projections = nn.ModuleList([nn.Identity() for _ in range(taps)])
+        else:
+            self.projections = nn.ModuleList([nn.Conv2d(tap_channels, target_channels, 1) for _ in range(taps)])
+
+    def forward(self, taps: Sequence[Tensor], target: Tensor, mask_feat: Tensor) -> Tensor:
+        return sum(masked_mse(proj(tap), target, mask_feat) for proj, tap in zip(self.projections, taps))
+
+
+@dataclass
+class LossWeights:
+    """The release's weights (SPEC 6); a weight of 0 switches its term off."""
+
+    l1: float = 100.0  # on both stages: l1 * (L1(refined) + L1(rough))
+    consistency: float = 1.0
+    gan_image: float = 0.2
+    gan_feature: float = 0.2
+
+    @property
+    def needs_vgg(self) -> bool:
+        return self.consistency > 0 or self.gan_feature > 0
+
+
+class VGGPair(NamedTuple):
+    """VGG16 features of the ground truth (no gradient) and of the fake (with gradient)."""
+
+    real_pool3: Optional[Tensor]
+    real_relu43: Optional[Tensor]
+    fake_pool3: Optional[Tensor]
+
+
+class Objective(nn.Module):
+    """Generator and discriminator losses of one step, as dicts of named terms plus 'total'.
+
+    ``vgg`` is a frozen :class:`csa.nn.vgg.VGG16Features` (may be None when no term needs it).
+    ``d_input``: what the discriminators see as fake, the raw refined output (release) or
+    the composite.
+    """
+
+    def __init__(self, vgg: Optional[nn.Module], tap_channels: int, weights: Optional[LossWeights] = None,
+                 d_input: Literal["raw", "composite"] = "raw") -> None:
+        super().__init__()
+        self.weights = weights or LossWeights()
+        if self.weights.needs_vgg and vgg is None:
+            raise ValueError("the consistency and feature-GAN terms need VGG16 weights")
+        if d_input not in ("raw", "composite"):
+            raise ValueError(f"d_input must be 'raw' or 'composite', got {d_input!r}")
+        self.vgg = vgg
+        self.d_input = d_input
+        self.consistency = ConsistencyLoss(tap_channels)
+
+    def fake(self, out: GeneratorOutput) -> Tensor:
+        return out.refined if self.d_input == "raw" else out.composite
+
+    def vgg_features(self, out: GeneratorOutput, gt: Tensor) -> VGGPair:
+        """One VGG pass on the ground truth and one on the fake, shared by the D and G steps."""
+        if not self.weights.needs_vgg:
+            return VGGPair(None, None, None)
+        with torch.no_grad():
+            real = self.vgg(gt)
+        fake_pool3 = self.vgg(self.fake(out)).pool3 if self.weights.gan_feature > 0 else None
+        return VGGPair(real.pool3, real.relu4_3, fake_pool3)
+
+    def discriminator_loss(self, d_image: nn.Module, d_feature: nn.Module, out: GeneratorOutput,
+                           gt: Tensor, feats: VGGPair) -> dict[str, Tensor]:
+        """0.5 * RaLSGAN_D(D_img) + 0.5 * RaLSGAN_D(D_feat), fakes detached."""
+        terms: dict[str, Tensor] = {}
+        if self.weights.gan_image > 0:
+            terms["d_image"] = ralsgan_d(d_image(gt), d_image(self.fake(out).detach()))
+        if self.weights.gan_feature > 0:
+            terms["d_feature"] = ralsgan_d(d_feature(feats.real_pool3), d_feature(feats.fake_pool3.detach()))
+        terms["total"] = 0.5 * sum(terms.values()) if terms else gt.new_zeros(())
+        return terms
+
+    def generator_loss(self, d_image: Optional[nn.Module], d_feature: Optional[nn.Module], out: GeneratorOutput,
+                       gt: Tensor, mask: Tensor, feats: VGGPair) -> dict[str, Tensor]:
+        """The weighted generator objective of SPEC 6; unweighted terms are returned too."""
+        w = self.weights
+        terms = {"l1_refined": F.l1_loss(out.refined, gt), "l1_rough": F.l1_loss(out.rough, gt)}
+        total = w.l1 * (terms["l1_refined"] + terms["l1_rough"])
+        if w.consistency > 0:
+            mask_feat = feature_mask((mask > 0.5).to(gt.dtype), CSA_DOWNSAMPLINGS)
+            terms["consistency"] = self.consistency((out.tap_enc, out.tap_dec), feats.real_relu43, mask_feat)
+            total = total + w.consistency * terms["consistency"]
+        if w.gan_image > 0:
+            terms["g_image"] = ralsgan_g(d_image(gt).detach(), d_image(self.fake(out)))
+            total = total + w.gan_image * terms["g_image"]
+        if w.gan_feature > 0:
+            terms["g_feature"] = ralsgan_g(d_feature(feats.real_pool3).detach(), d_feature(feats.fake_pool3))
+            total = total + w.gan_feature * terms["g_feature"]
+        terms["total"] = total
+        return terms

@@ -1,0 +1,141 @@
+"""The Coherent Semantic Attention (CSA) layer and the feature-mask rule (SPEC 4-5).
+
+Plain, readable reference implementation: a loop over samples and holes with autograd
+doing the gradients. :mod:`csa.nn.fast_attention` holds the fast path; this module stays
+the reference it is tested against and the fallback.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import CsaError
+
+# Threshold of the release's mask downsampling: a feature position is hole when more
+# than 5/16 of its (box-filtered) receptive field is hole.
+FEATURE_MASK_THRESHOLD = 5.0 / 16.0
+EPS = 1e-8
+
+
+def feature_mask(mask: Tensor, downsamplings: int = 3) -> Tensor:
+    """Mask at feature resolution: ``downsamplings`` 4x4/stride-2/pad-1 box filters, then > 5/16.
+
+    ``mask`` is N x 1 x H x W (1 = hole); returns N x 1 x H/2^d x W/2^d in {0, 1}, same dtype.
+    No thresholding happens between the filters (the release's rule).
+    """
+    if mask.dim() != 4 or mask.shape[1] != 1:
+        raise CsaError(f"mask must be N x 1 x H x W, got shape {tuple(mask.shape)}")
+    m = mask.float()
+    box = torch.full((1, 1, 4, 4), 1.0 / 16.0, dtype=m.dtype, device=m.device)
+    for _ in range(downsamplings):
+        m = F.conv2d(m, box, stride=2, padding=1)
+    return (m > FEATURE_MASK_THRESHOLD).to(mask.dtype if mask.dtype.is_floating_point else torch.float32)
+
+
+def check_known_positions(mask_feat: Tensor) -> None:
+    """Refuse masks that leave a sample no known feature position (the layer has nothing to copy).
+
+    Done once on the mask, before the network runs, never inside the CSA layer (a check
+    there would force a host-device sync on every forward).
+    """
+    known = (mask_feat < 0.5).flatten(1).any(dim=1)
+    if not bool(known.all()):
+        bad = (~known).nonzero().flatten().tolist()
+        raise CsaError(
+            f"the mask of sample(s) {bad} covers (almost) the whole image: at feature resolution "
+            "no known position is left to fill the hole from. Leave more of the image unmasked."
+        )
+
+
+def _unit(v: Tensor) -> Tensor:
+    """v / (|v| + eps) along the last dim: the release's normalisation."""
+    return v / (v.norm(dim=-1, keepdim=True) + EPS)
+
+
+def search(queries: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
+    """For each query row, the best key by <q, k/|k|>: returns (argmax index, max score)."""
+    scores = queries @ _unit(keys).transpose(0, 1)
+    dmax, idx = scores.max(dim=1)
+    return idx, dmax
+
+
+def blend_weights(dad: Tensor, dmax: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+    """The recurrence weights (a, b) from the two similarities, in either mode.
+
+    In 'stable' mode the inputs are cosines; they are clamped at 0, and when both are 0
+    the new position copies its own best match (b = 1). In 'official' mode this is the
+    release's unguarded ratio.
+    """
+    if mode == "official":
+        s = dad + dmax
+        return dad / s, dmax / s
+    dad, dmax = dad.clamp(min=0), dmax.clamp(min=0)
+    s = dad + dmax
+    ok = s > EPS
+    safe = torch.where(ok, s, torch.ones_like(s))
+    a = torch.where(ok, dad / safe, torch.zeros_like(s))
+    b = torch.where(ok, dmax / safe, torch.ones_like(s))
+    return a, b
+
+
+def csa_reference(features: Tensor, mask: Tensor, mode: str = "stable") -> Tensor:
+    """The CSA layer, written plainly: one sample and one hole at a time (SPEC 5).
+
+    ``features`` N x C x H x W; ``mask`` N x 1 x H x W at feature resolution (1 = hole).
+    Known positions pass through; each hole becomes a blend of its best-matching known
+    feature and the previous hole's output (raster order). Gradients come from autograd.
+    """
+    n, c, h, w = features.shape
+    outputs = []
+    for i in range(n):
+        flat = features[i].reshape(c, h * w).transpose(0, 1)  # HW x C
+        hole = mask[i].reshape(h * w) > 0.5
+        hole_idx = hole.nonzero().flatten()
+        known_idx = (~hole).nonzero().flatten()
+        if hole_idx.numel() == 0:
+            outputs.append(features[i])
+            continue
+        queries = flat[hole_idx]
+        best, dmax = search(queries, flat[known_idx])
+        sources = flat[known_idx[best]]  # the best known feature for each hole
+        if mode == "stable":
+            dmax = dmax / (queries.norm(dim=1) + EPS)  # a true cosine
+        generated = [sources[0]]
+        for j in range(1, hole_idx.numel()):
+            prev = generated[-1]
+            dad = (prev * _unit(queries[j])).sum()
+            if mode == "stable":
+                dad = dad / (prev.norm() + EPS)
+            a, b = blend_weights(dad, dmax[j], mode)
+            generated.append(a * prev + b * sources[j])
+        out = flat.index_copy(0, hole_idx, torch.stack(generated))
+        outputs.append(out.transpose(0, 1).reshape(c, h, w))
+    return torch.stack(outputs)
+
+
+class CoherentSemanticAttention(nn.Module):
+    """The CSA layer: ``layer(features, mask)`` with the mask at feature resolution.
+
+    mode='official' reproduces the release's arithmetic (for converted checkpoints);
+    mode='stable' (default for new training) uses clamped true cosines (SPEC 5).
+    No parameters. Every sample must keep a known position: check the mask once with
+    :func:`check_known_positions` before the network runs.
+    """
+
+    def __init__(self, mode: str = "stable") -> None:
+        super().__init__()
+        if mode not in ("official", "stable"):
+            raise CsaError(f"CSA mode must be 'official' or 'stable', got {mode!r}")
+        self.mode = mode
+
+    def forward(self, features: Tensor, mask: Tensor) -> Tensor:
+        if mask.shape[0] != features.shape[0] or mask.shape[1] != 1 or mask.shape[2:] != features.shape[2:]:
+            raise CsaError(
+                f"CSA mask shape {tuple(mask.shape)} does not match features {tuple(features.shape)}: "
+                "expected N x 1 x H x W at feature resolution"
+            )
+        return csa_reference(features, mask, self.mode)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"

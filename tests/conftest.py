@@ -1,0 +1,33 @@
+"""Shared test fixtures: small models, deterministic seeds, few threads."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# The machine has 2 cores; several test processes may share them.
+torch.set_num_threads(max(1, min(2, int(os.environ.get("OMP_NUM_THREADS", "2")))))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_config():
+    from csa.config import ModelConfig
+
+    return ModelConfig(rough_ngf=4, refine_ngf=4)
+
+
+@pytest.fixture
+def tiny_weights(tmp_path, tiny_config):
+    """A random-init tiny generator saved as a safetensors model file."""
+    from csa.checkpoints import save_generator
+    from csa.nn.generator import build_generator
+
+    path = tmp_path / "tiny.safetensors"
+    save_generator(build_generator(tiny_config), path)
+    return path
