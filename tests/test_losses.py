@@ -82,3 +82,11 @@ def test_discriminator_loss_trains_only_the_discriminators(step) -> None:
     terms = objective.discriminator_loss(d_img, d_feat, out, gt, objective.vgg_features(out, gt))
     assert grads_of(terms["total"], d_img) > 0 and grads_of(terms["total"], d_feat) > 0
     assert grads_of(terms["total"], g) == 0
+
+
+def test_vgg_can_stop_at_pool3() -> None:
+    vgg = VGG16Features()
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    full, short = vgg(x), vgg(x, stop_at_pool3=True)
+    assert short.relu4_3 is None
+    assert torch.equal(full.pool3, short.pool3)

@@ -103,7 +103,7 @@ class Objective(nn.Module):
             return VGGPair(None, None, None)
         with torch.no_grad():
             real = self.vgg(gt)
-        fake_pool3 = self.vgg(self.fake(out)).pool3 if self.weights.gan_feature > 0 else None
+        fake_pool3 = self.vgg(self.fake(out), stop_at_pool3=True).pool3 if self.weights.gan_feature > 0 else None
         return VGGPair(real.pool3, real.relu4_3, fake_pool3)
 
     def discriminator_loss(self, d_image: nn.Module, d_feature: nn.Module, out: GeneratorOutput,
