@@ -47,6 +47,44 @@ def convert(
     typer.echo(f"wrote {output} ({sum(p.numel() for p in model.parameters()):,} parameters, csa_mode=official)")
 
 
+masks_app = typer.Typer(help="Generate seeded masks and summarise mask folders.", no_args_is_help=True)
+
+
+@masks_app.command("generate")
+def masks_generate(
+    outdir: Path = typer.Argument(..., help="folder to write (created; must be empty unless --force)"),
+    kind: str = typer.Option(..., "--kind", help="centre, centre:N, rect, rect:N, freeform, lama-thin, lama-medium, lama-thick; + for unions"),
+    count: int = typer.Option(..., "--count", help="how many masks"),
+    size: int = typer.Option(256, "--size", help="mask side in pixels"),
+    seed: int = typer.Option(0, "--seed", help="mask i is drawn from the numpy seed sequence (seed, i)"),
+    force: bool = typer.Option(False, "--force", help="write into a non-empty folder"),
+) -> None:
+    """Write COUNT masks as PNGs (white = hole) and manifest.csv; one seed gives identical files."""
+    from .masks import write_mask_folder
+
+    stats = write_mask_folder(outdir, kind, count, size, seed, force=force, progress=True)
+    typer.echo(f"wrote {stats.total} masks ({kind}, {size}x{size}, seed {seed}) and manifest.csv to {outdir}")
+    typer.echo(stats.format())
+
+
+@masks_app.command("stats")
+def masks_stats(
+    directory: Path = typer.Argument(..., help="a folder of mask images"),
+    polarity: str = typer.Option("white-hole", "--polarity", help="white-hole, black-hole or auto (detect once per folder)"),
+) -> None:
+    """Count the masks of a folder per hole-ratio bucket (0.01-0.1, ..., 0.5-0.6, other)."""
+    from .masks import folder_stats
+
+    stats = folder_stats(directory, polarity, progress=True)
+    typer.echo(f"{directory}: {stats.total} masks")
+    typer.echo(stats.format())
+    if stats.unreadable:
+        raise typer.Exit(EXIT_USER)
+
+
+app.add_typer(masks_app, name="masks")
+
+
 # --- entry point ----------------------------------------------------------------------
 
 

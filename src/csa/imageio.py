@@ -25,6 +25,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import CsaError
 
 DEFAULT_MAX_PIXELS = 50_000_000
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: there is no way to read the umask without setting it
 ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
 
@@ -50,9 +52,11 @@ def _open(source: Union[str, os.PathLike, bytes], what: str) -> tuple[Image.Imag
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(fp)
     except UnidentifiedImageError:
-        raise CsaError(f"{name} is not an image Pillow can read: give a PNG, JPEG, WebP, BMP or TIFF file") from None
+        raise CsaError(f"{name} is not a readable image (corrupt, truncated or not an image): give a PNG, JPEG, WebP, BMP or TIFF file") from None
     except Image.DecompressionBombError:
         raise CsaError(f"{name} is too large to open safely", http_status=413, kind="too_large") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # a known signature with a broken header
+        raise CsaError(f"{name} could not be read ({exc}): the file is truncated or corrupt") from None
     return img, name
 
 
@@ -181,6 +185,7 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[str], None]) ->
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -288,7 +288,6 @@ def save_state_dict(sd: dict[str, Tensor], out: Union[str, Path], metadata: dict
 
     out = Path(out).expanduser()
     atomic_write(out, lambda tmp: save_file({k: v.contiguous() for k, v in sd.items()}, tmp, metadata=metadata))
-    os.chmod(out, 0o644)  # the temporary file was private (mkstemp); weights are not secret
     return out
 
 
