@@ -47,6 +47,54 @@ def convert(
     typer.echo(f"wrote {output} ({sum(p.numel() for p in model.parameters()):,} parameters, csa_mode=official)")
 
 
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("demo-output"), "-o", "--out-dir", help="where to write the pictures"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="a model file instead of the bundled one"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+) -> None:
+    """Inpaint the bundled sample photo with the bundled model and write a side-by-side picture."""
+    from .demo import run_demo
+
+    result, sheet = run_demo(out_dir, weights, device)
+    typer.echo(f"result:       {result}")
+    typer.echo(f"side by side: {sheet}  (input with hole | csa result | original)")
+
+
+@app.command()
+def evaluate(
+    images: Path = typer.Option(..., "--images", help="folder of ground-truth images"),
+    masks: str = typer.Option(..., "--masks", help="a mask kind (e.g. centre:128, freeform) or a folder of masks"),
+    method: list[str] = typer.Option(
+        ..., "--method", help="telea, ns, biharmonic, patchmatch, csa (bundled model) or a weights file; repeat it"
+    ),
+    out: Path = typer.Option(..., "--out", help="folder for summary.json, per_image.csv, results.md, charts/, grid.png"),
+    size: int = typer.Option(256, "--size", help="images are brought to size x size"),
+    seed: int = typer.Option(0, "--seed", help="seed of the mask assignment / generation"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="use only the first N pairs"),
+    grid: int = typer.Option(4, "--grid", help="rows (images) in grid.png; 0 for none"),
+    device: str = typer.Option("cpu", "--device", help="torch device for csa models and FID/LPIPS"),
+    fid_model: Optional[Path] = typer.Option(None, "--fid-model", help="Inception TorchScript file for FID"),
+    lpips_net: Optional[Path] = typer.Option(None, "--lpips-net", help="torchvision AlexNet/VGG16 weights for LPIPS"),
+    lpips_lin: Optional[Path] = typer.Option(None, "--lpips-lin", help="LPIPS v0.1 linear heads (alex.pth / vgg.pth)"),
+) -> None:
+    """Compare inpainting methods on the same image-and-mask pairs; write tables, charts and a grid."""
+    from .evaluate import evaluate as run_evaluation
+    from .evaluate import markdown_table
+
+    summary = run_evaluation(
+        images, masks, method, out, size=size, seed=seed, limit=limit, grid=grid, device=device,
+        fid_model=fid_model, lpips_net=lpips_net, lpips_lin=lpips_lin,
+    )
+    typer.echo(markdown_table(summary))
+    typer.echo("")
+    for name, sec in summary["seconds_per_image"].items():
+        typer.echo(f"{name}: {sec:.4f} s/image")
+    for name, why in summary["skipped"].items():
+        typer.echo(f"skipped {name}: {why}")
+    typer.echo(f"wrote {out}/summary.json, per_image.csv, results.md, charts/, grid.png ({summary['n_images']} images)")
+
+
 masks_app = typer.Typer(help="Generate seeded masks and summarise mask folders.", no_args_is_help=True)
 
 
@@ -83,6 +131,116 @@ def masks_stats(
 
 
 app.add_typer(masks_app, name="masks")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind; 0.0.0.0 opens it to the network"),
+    port: int = typer.Option(8080, "--port", help="TCP port"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="a model file instead of the bundled one"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    max_upload_mb: float = typer.Option(32.0, "--max-upload-mb", help="largest request body accepted (413 above)"),
+    max_pixels: int = typer.Option(50_000_000, "--max-pixels", help="largest image accepted, in pixels (413 above)"),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: debug, info, warning, error"),
+) -> None:
+    """Serve the brush page at / and the REST API at /api/v1 (docs at /docs), one model for all requests."""
+    import logging
+
+    import uvicorn
+
+    from .server import create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    # Load the model before binding, so a bad --weights fails with exit 2 and one line.
+    api = create_app(weights, device=device, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: listening on {host}: anyone who can reach this machine can use the server", err=True)
+    typer.echo(f"csa serve: open http://{'localhost' if host in ('0.0.0.0', '::') else host}:{port}/ (API docs at /docs)")
+    uvicorn.run(api, host=host, port=port, log_level=log_level)
+
+
+@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def train(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", help="training config YAML (e.g. configs/csa-paper.yaml); "
+                                          "optional with --resume (the run's own config is used)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="training images (sets data.root)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run folder: checkpoints, config.yaml, scalars.jsonl, tb/"),
+    overrides: list[str] = typer.Option([], "--set", help="override a config value, e.g. --set train.max_steps=100; repeat it"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm progress bar on stderr"),
+) -> None:
+    """Train the CSA model from a config file; SIGINT / SIGTERM save a checkpoint and exit 130.
+
+    Continue a run with --resume [RUN_DIR | CHECKPOINT] (alone: the run in --out).
+    Several processes: torchrun --nproc_per_node N -m csa train ...
+    """
+    from .errors import EXIT_RUNTIME
+    from .train import NonFiniteLoss, parse_resume_args, run_training
+
+    resume = parse_resume_args(ctx.args)
+    try:
+        code = run_training(config, data, out, resume=resume, overrides=overrides, progress=progress)
+    except NonFiniteLoss as exc:
+        fail(str(exc), EXIT_RUNTIME)
+    raise typer.Exit(code)
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="a run folder (its latest checkpoint) or one checkpoint folder"),
+    output: Path = typer.Option(..., "-o", "--output", help="the .safetensors file to write"),
+    half: bool = typer.Option(False, "--half", help="store float16 weights (half the size; loaded back as float32)"),
+) -> None:
+    """Write the generator of a training run alone, for inference (csa inpaint --weights FILE)."""
+    from .train import export_generator
+
+    ckpt, n_params, size = export_generator(run, output, half=half)
+    typer.echo(f"wrote {output} from {ckpt} ({n_params:,} parameters, {size / 1e6:.1f} MB"
+               f"{', float16' if half else ''})")
+
+
+@app.command()
+def inpaint(
+    image: Path = typer.Argument(..., help="an image file, or a folder of images (folder mode)"),
+    mask: Optional[Path] = typer.Option(
+        None, "--mask", "-m", help="mask file (white = hole); in folder mode a folder of masks matched by file stem, or one file for all"),
+    output: Path = typer.Option(..., "-o", "--output", help="output file (.png keeps every known pixel exact); in folder mode a folder"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="a .safetensors model (default: the bundled model)"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto"),
+    strategy: Optional[str] = typer.Option(
+        None, "--strategy", help="resize, crop or native (default: resize up to the model's size, crop above)"),
+    method: str = typer.Option("csa", "--method", help="csa (the model) or a classical baseline: telea, ns, biharmonic, patchmatch"),
+    invert: bool = typer.Option(False, "--invert", help="black = hole instead of white"),
+    mask_from_alpha: bool = typer.Option(
+        False, "--mask-from-alpha", help="transparent = hole (the mask's alpha; without --mask, the image's own)"),
+    resize_mask: bool = typer.Option(False, "--resize-mask", help="scale a mask of another size to the image's size"),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="refuse larger images (default 50,000,000)"),
+) -> None:
+    """Fill the hole of a photo (or of every photo in a folder); known pixels are kept exactly."""
+    import warnings
+
+    from . import inference
+
+    options = dict(weights=weights, device=device, method=method, strategy=strategy, invert=invert,
+                   mask_from_alpha=mask_from_alpha, resize_mask=resize_mask)
+    if max_pixels is not None:
+        options["max_pixels"] = max_pixels
+    if image.is_dir():
+        if mask is None:
+            fail("folder mode needs --mask: a folder of masks named like the images, or one mask file for all")
+        report = inference.inpaint_folder(image, mask, output, progress=sys.stderr.isatty(), **options)
+        typer.echo(report.summary())
+        if report.failed:
+            raise typer.Exit(EXIT_USER)
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", inference.InpaintWarning)
+        result = inference.inpaint_path(image, mask, output, **options)
+    for w in caught:
+        typer.echo(f"warning: {w.message}", err=True)
+    width, height = result.size
+    typer.echo(f"wrote {result.output} ({width}x{height}, {result.hole_pixels:,} hole pixels, "
+               f"{result.strategy}, {result.seconds:.1f} s)")
 
 
 # --- entry point ----------------------------------------------------------------------
