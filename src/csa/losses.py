@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .nn.attention import feature_mask
-from .nn.generator import CSA_DOWNSAMPLINGS, GeneratorOutput
+from .nn.generator import CSA_DOWNSAMPLINGS, GeneratorOutput, init_weights
 
 VGG_TAP_CHANNELS = 512  # VGG16 relu4_3
 
@@ -47,6 +47,7 @@ class ConsistencyLoss(nn.Module):
             self.projections = nn.ModuleList([nn.Identity() for _ in range(taps)])
         else:
             self.projections = nn.ModuleList([nn.Conv2d(tap_channels, target_channels, 1) for _ in range(taps)])
+            init_weights(self.projections)  # the release's N(0, 0.02) like every other conv
 
     def forward(self, taps: Sequence[Tensor], target: Tensor, mask_feat: Tensor) -> Tensor:
         return sum(masked_mse(proj(tap), target, mask_feat) for proj, tap in zip(self.projections, taps))
