@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-slow demo bench clean
+.PHONY: test test-slow demo bench clean browser-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-test: $(STAMP)
+test: $(STAMP) browser-deps
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q
+
+# tests/test_server_browser.py drives Debian's chromium; a no-op when it is installed
+# (or when CSA_SKIP_BROWSER=1).
+browser-deps:
+	@[ -x /usr/bin/chromium ] || [ "$$CSA_SKIP_BROWSER" = 1 ] || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
