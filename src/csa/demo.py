@@ -40,10 +40,10 @@ def run_demo(out_dir: Path, weights: Optional[Path] = None, device: str = "cpu")
     """Inpaint the sample; return (result path, side-by-side path)."""
     from .inference import Inpainter
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    inpainter = Inpainter.from_pretrained(weights, device=device)  # fails before anything is written
     image = read_image(asset_path(SAMPLE_IMAGE))
     hole = read_mask(asset_path(SAMPLE_MASK))
-    inpainter = Inpainter.from_pretrained(weights, device=device)
+    out_dir.mkdir(parents=True, exist_ok=True)
     result = inpainter(image, hole)
     result_path = out_dir / "demo_result.png"
     sheet_path = out_dir / "demo_side_by_side.png"
