@@ -31,3 +31,26 @@ def tiny_weights(tmp_path, tiny_config):
     path = tmp_path / "tiny.safetensors"
     save_generator(build_generator(tiny_config), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models are bound by per-op overhead, not arithmetic: one thread is as fast, and on a
+    shared 2-core machine it avoids OpenMP threads spinning against other processes."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_file(tmp_path_factory):
+    """A random-init tiny generator file shared by a whole test module."""
+    from csa.checkpoints import save_generator
+    from csa.config import ModelConfig
+    from csa.nn.generator import build_generator
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_generator(build_generator(ModelConfig(rough_ngf=4, refine_ngf=4)), path)
+    return path

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from csa import ModelConfig, build_generator, inference, save_generator
+from csa import inference
 from csa.cli import main
 
 RNG = np.random.default_rng(1)
@@ -20,21 +20,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny model is bound by per-op overhead, not arithmetic: one thread is as fast, and on a
-    shared 2-core machine it avoids OpenMP threads spinning against other processes (4-5x slower)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+def _one_thread(one_thread):
+    """Every test here runs on one thread (see conftest)."""
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_generator(build_generator(ModelConfig(rough_ngf=4, refine_ngf=4)), path)
-    return str(path)
+def weights(tiny_model_file):
+    return str(tiny_model_file)
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:

@@ -19,21 +19,13 @@ RNG = np.random.default_rng(0)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny model is bound by per-op overhead, not arithmetic: one thread is as fast, and on a
-    shared 2-core machine it avoids OpenMP threads spinning against other processes (4-5x slower)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+def _one_thread(one_thread):
+    """Every test here runs on one thread (see conftest)."""
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_generator(build_generator(ModelConfig(rough_ngf=4, refine_ngf=4)), path)
-    return path
+def weights(tiny_model_file):
+    return tiny_model_file
 
 
 @pytest.fixture(scope="module")

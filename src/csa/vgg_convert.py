@@ -28,7 +28,6 @@ difference spreads inward by one pixel per later 3x3 layer at each resolution).
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 import zipfile
