@@ -121,13 +121,23 @@ class CoherentSemanticAttention(nn.Module):
     mode='stable' (default for new training) uses clamped true cosines (SPEC 5).
     No parameters. Every sample must keep a known position: check the mask once with
     :func:`check_known_positions` before the network runs.
+
+    implementation: 'auto' (default) runs the fast layer of :mod:`csa.nn.fast_attention`
+    (compiled numba kernels on CPU float32/float64, its batched torch code elsewhere);
+    'numba' or 'torch' force one of its backends; 'reference' runs :func:`csa_reference`
+    (slow; the only one with double-backward support).
     """
 
-    def __init__(self, mode: str = "stable") -> None:
+    IMPLEMENTATIONS = ("auto", "numba", "torch", "reference")
+
+    def __init__(self, mode: str = "stable", implementation: str = "auto") -> None:
         super().__init__()
         if mode not in ("official", "stable"):
             raise CsaError(f"CSA mode must be 'official' or 'stable', got {mode!r}")
+        if implementation not in self.IMPLEMENTATIONS:
+            raise CsaError(f"CSA implementation must be one of {self.IMPLEMENTATIONS}, got {implementation!r}")
         self.mode = mode
+        self.implementation = implementation
 
     def forward(self, features: Tensor, mask: Tensor) -> Tensor:
         if mask.shape[0] != features.shape[0] or mask.shape[1] != 1 or mask.shape[2:] != features.shape[2:]:
@@ -135,7 +145,11 @@ class CoherentSemanticAttention(nn.Module):
                 f"CSA mask shape {tuple(mask.shape)} does not match features {tuple(features.shape)}: "
                 "expected N x 1 x H x W at feature resolution"
             )
-        return csa_reference(features, mask, self.mode)
+        if self.implementation == "reference":
+            return csa_reference(features, mask, self.mode)
+        from .fast_attention import csa_fast  # imported here: fast_attention imports this module
+
+        return csa_fast(features, mask, self.mode, backend=self.implementation)
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}"
+        return f"mode={self.mode!r}, implementation={self.implementation!r}"

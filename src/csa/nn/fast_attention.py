@@ -1,0 +1,387 @@
+"""The fast CSA layer (issue 3): batched search, compiled recurrence, analytic backward.
+
+Same arithmetic as :func:`csa.nn.attention.csa_reference` (SPEC 5), organised for speed:
+
+* Search: per sample one product of the hole queries against the normalised known keys
+  (``holes x C`` times ``C x known``), chunked over the holes so that the score block never
+  exceeds ``chunk_elements`` numbers; argmax and max per hole. No ``HW x HW`` matrix exists,
+  forward or backward.
+* Generate: the recurrence over the holes (raster order) runs as compiled code (numba on
+  CPU) or, on any device, as a batched torch loop over the hole rank (all samples at once).
+* Backward: written by hand as the reverse recurrence; the search contributes only through
+  the chosen (hole, key) pairs, so its gradient is O(holes x C), not a dense score gradient.
+
+Backends (``backend=``): ``"numba"`` (CPU, float32/float64), ``"torch"`` (any device and
+dtype), ``"auto"`` (numba when it applies, else torch). Search strategies (``search=``):
+``"exact"`` gathers each sample's known keys (reads the hole counts on the host: free on
+CPU), ``"padded"`` multiplies all samples at once against every position with hole keys
+masked out (batched, for accelerators), ``"auto"`` picks exact on CPU, padded elsewhere.
+
+On a non-CPU device the layer reads one number back to the host per forward (the largest
+hole count, which sizes the loop); the backward reads none.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ..errors import CsaError
+from .attention import EPS
+
+# Largest score block of the search, in numbers (16 MiB in float32).
+SEARCH_CHUNK_ELEMENTS = 1 << 22
+
+BACKENDS = ("auto", "numba", "torch")
+SEARCHES = ("auto", "exact", "padded")
+MODES = ("official", "stable")
+
+_NUMBA: Any = None  # the compiled-kernel module, imported on first use; False if it cannot be
+
+
+def numba_available() -> bool:
+    """True when the numba kernels import (numba is a dependency; a missing or broken one falls back)."""
+    global _NUMBA
+    if _NUMBA is None:
+        try:
+            from . import _csa_numba
+        except Exception:  # ImportError, or numba failing against this numpy / llvmlite
+            _NUMBA = False
+        else:
+            _NUMBA = _csa_numba
+    return _NUMBA is not False
+
+
+def _numba_kernels() -> Any:
+    if not numba_available():
+        raise CsaError("the numba CSA backend needs numba: pip install numba, or use backend='torch'")
+    return _NUMBA
+
+
+def resolve_backend(backend: str, features: Tensor) -> str:
+    """The backend that will run for these features ('numba' or 'torch')."""
+    if backend not in BACKENDS:
+        raise CsaError(f"CSA backend must be one of {BACKENDS}, got {backend!r}")
+    numba_ok = features.device.type == "cpu" and features.dtype in (torch.float32, torch.float64)
+    if backend == "numba":
+        if not numba_ok:
+            raise CsaError(
+                f"the numba CSA backend runs on CPU float32/float64 tensors, got {features.dtype} on "
+                f"{features.device}: use backend='torch' or 'auto'"
+            )
+        if not numba_available():
+            raise CsaError("the numba CSA backend needs numba: pip install numba, or use backend='torch'")
+        return "numba"
+    if backend == "auto" and numba_ok and numba_available():
+        return "numba"
+    return "torch"
+
+
+# --- shared pieces ----------------------------------------------------------------------
+
+
+def _plan(mask: Tensor, n: int, hw: int) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Hole bookkeeping: (hole bool N x HW, hole counts N, positions holes-first N x HW, L).
+
+    ``order[n]`` lists sample n's hole positions in raster order, then its known positions in
+    raster order; L is the largest hole count (one host read on accelerators).
+    """
+    hole = mask.reshape(n, hw) > 0.5
+    nh = hole.sum(dim=1)
+    # Stable sort on "is known" puts the holes first and keeps raster order inside both groups.
+    order = torch.sort((~hole).to(torch.uint8), dim=1, stable=True).indices
+    return hole, nh, order, int(nh.max()) if n else 0
+
+
+def _unit_keys_torch(keys: Tensor) -> Tensor:
+    """C x nk keys divided by their norms (column-wise), as :func:`csa.nn.attention._unit`."""
+    return keys / (torch.linalg.vector_norm(keys, dim=0, keepdim=True) + EPS)
+
+
+def _search_exact(
+    x: Tensor, q: Tensor, order: Tensor, counts: list[int], chunk: int, use_numba: bool
+) -> tuple[Tensor, Tensor]:
+    """Per sample: hole queries (rows of q) against that sample's known keys; (max, argmax position)."""
+    n, _, hw = x.shape
+    length = q.shape[1]
+    dmax = q.new_zeros(n, length)
+    src = torch.zeros(n, length, dtype=torch.long, device=x.device)
+    for i, m in enumerate(counts):
+        if m == 0:
+            continue
+        known = order[i, m:]
+        nk = hw - m
+        if nk == 0:
+            raise CsaError(
+                f"the mask of sample {i} leaves no known feature position for the CSA layer to copy from: "
+                "leave more of the image unmasked"
+            )
+        if use_numba:
+            keys = x.new_empty(x.shape[1], nk)
+            _numba_kernels().gather_unit_columns(x[i].numpy(), known.numpy(), keys.numpy())
+        else:
+            keys = _unit_keys_torch(x[i].index_select(1, known))
+        rows = max(1, chunk // nk)
+        for r0 in range(0, m, rows):
+            r1 = min(m, r0 + rows)
+            best, arg = torch.mm(q[i, r0:r1], keys).max(dim=1)
+            dmax[i, r0:r1] = best
+            src[i, r0:r1] = known[arg]
+    return dmax, src
+
+
+def _search_padded(x: Tensor, q: Tensor, hole: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+    """All samples at once: queries against every position's unit key, hole keys masked out."""
+    n, _, hw = x.shape
+    length = q.shape[1]
+    keys = x / (torch.linalg.vector_norm(x, dim=1, keepdim=True) + EPS)  # N x C x HW
+    masked = hole[:, None, :]
+    rows = max(1, chunk // max(1, n * hw))
+    dmax = q.new_empty(n, length)
+    src = torch.empty(n, length, dtype=torch.long, device=x.device)
+    for r0 in range(0, length, rows):
+        r1 = min(length, r0 + rows)
+        scores = torch.bmm(q[:, r0:r1], keys).masked_fill_(masked, float("-inf"))
+        best, arg = scores.max(dim=2)
+        dmax[:, r0:r1] = best
+        src[:, r0:r1] = arg
+    return dmax, src
+
+
+# --- the torch backend: any device, batched over samples ----------------------------------
+
+
+def _torch_forward(q: Tensor, s: Tensor, dmax: Tensor, stable: bool) -> tuple[Tensor, Tensor]:
+    """Recurrence over the hole rank j for all samples at once; returns (g, stats) like the kernels.
+
+    Everything that does not depend on the previous output is computed in bulk first, so a
+    step costs about ten small ops (kernel launches on a GPU).
+    """
+    n, length, _ = q.shape
+    qn = torch.linalg.vector_norm(q, dim=-1)
+    kn = torch.linalg.vector_norm(s, dim=-1)
+    inv_qe = 1.0 / (qn + EPS)
+    dmx = dmax * inv_qe if stable else dmax
+    pos_dmx = dmx.clamp(min=0) if stable else dmx
+    g_all = torch.empty_like(q)
+    g_all[:, 0] = s[:, 0]
+    zero = q.new_zeros(n)
+    cols: list[list[Tensor]] = [[zero], [zero], [zero], [zero], [zero]]  # a, b, Dad, tot, |g_prev|
+    for j in range(1, length):
+        g = g_all[:, j - 1]
+        raw = torch.linalg.vecdot(g, q[:, j])
+        if stable:
+            gn = torch.linalg.vector_norm(g, dim=-1)
+            dad = raw * inv_qe[:, j] / (gn + EPS)
+            tot = dad.clamp(min=0) + pos_dmx[:, j]
+            ok = tot > EPS
+            inv = torch.where(ok, tot, 1.0).reciprocal()
+            a = torch.where(ok, dad.clamp(min=0) * inv, 0.0)
+            b = torch.where(ok, pos_dmx[:, j] * inv, 1.0)  # both cosines <= 0: copy the best match
+        else:
+            gn = zero
+            dad = raw * inv_qe[:, j]
+            tot = dad + dmx[:, j]
+            inv = tot.reciprocal()
+            a, b = dad * inv, dmx[:, j] * inv
+        torch.addcmul(b[:, None] * s[:, j], a[:, None], g, out=g_all[:, j])
+        for col, value in zip(cols, (a, b, dad, tot, gn)):
+            col.append(value)
+    a, b, dad, tot, gn = (torch.stack(col, dim=1) for col in cols)
+    return g_all, torch.stack([a, b, dad, dmx, tot, qn, gn, kn], dim=-1)  # stats: N x L x 8
+
+
+def _torch_backward(
+    gout: Tensor, g: Tensor, q: Tensor, s: Tensor, dmax: Tensor, valid: Tensor, stats: Tensor, stable: bool
+) -> tuple[Tensor, Tensor]:
+    """Reverse recurrence for all samples at once; returns (grad of hole queries, grad of sources).
+
+    Every gradient of step j is linear in d_j = <gbar_j, g_{j-1} - s_j> (the derivative of the
+    loss along a - b), so all vector coefficients are computed up front, in bulk, and the
+    sequential loop keeps four small operations per step.
+    """
+    n, length, c = q.shape
+    later = valid.clone()
+    later[:, 0] = False  # step 0 is a copy, no Dad / Dmax
+    # Padding slots may hold inf / nan (official mode divides by zero there): zero them first.
+    stats = torch.where(later[..., None], stats, 0.0)
+    dmax = torch.where(later, dmax, 0.0)
+    a, b, dad, dmx, tot, qn, gn, kn = stats.unbind(-1)
+    t2 = tot * tot
+    if stable:
+        ok = tot > EPS
+        p = torch.where(ok & (dad >= 0), dmx.clamp(min=0) / t2, torch.zeros_like(tot))
+        r = torch.where(ok & (dmx >= 0), -dad.clamp(min=0) / t2, torch.zeros_like(tot))
+    else:
+        p, r = dmx / t2, -dad / t2
+    zero = torch.zeros_like(tot)
+    p, r = torch.where(later, p, zero), torch.where(later, r, zero)
+    a = torch.where(later, a, zero)
+    qe, ke = qn + EPS, kn + EPS
+    rq = torch.where(qn > 0, 1.0 / qn, zero)
+    rk = torch.where(kn > 0, 1.0 / kn, zero)
+    g_prev = torch.cat([torch.zeros_like(g[:, :1]), g[:, :-1]], dim=1)
+    if stable:
+        ge = gn + EPS
+        rg = torch.where(gn > 0, 1.0 / gn, zero)
+        w_q, w_g = p / (qe * ge), -p * dad * rg / ge
+        u_g, u_q, u_s = p / (qe * ge), -(p * dad + r * dmx) * rq / qe, r / (ke * qe)
+        v_q, v_s = r / (ke * qe), -r * dmax * rk / (ke * qe)
+    else:
+        w_q, w_g = p / qe, zero
+        u_g, u_q, u_s = p / qe, -p * dad * rq / qe, r / ke
+        v_q, v_s = r / ke, -r * dmax * rk / ke
+
+    def comb(*pairs: tuple[Tensor, Tensor]) -> Tensor:
+        out = torch.zeros_like(q)
+        for coef, vec in pairs:
+            out.addcmul_(coef[..., None], vec)
+        return out
+
+    w = comb((w_q, q), (w_g, g_prev))  # carry_{j-1} = a_j gbar_j + d_j w_j
+    direction = g_prev - s
+    # Padding slots get no incoming gradient; with a = w = 0 there, the carry stays 0 through them.
+    gbar_all = torch.where(valid[..., None], gout, 0.0)
+    dcols = [torch.zeros_like(tot[:, 0])] * length
+    carry = torch.zeros_like(q[:, 0])
+    for j in range(length - 1, 0, -1):
+        gbar = gbar_all[:, j].add_(carry)
+        d = torch.linalg.vecdot(gbar, direction[:, j])
+        dcols[j] = d
+        carry = torch.addcmul(a[:, j, None] * gbar, d[:, None], w[:, j])
+    gbar_all[:, 0].add_(carry)
+    dvals = torch.stack(dcols, dim=1)
+    dq = comb((u_g * dvals, g_prev), (u_q * dvals, q), (u_s * dvals, s))
+    b = torch.where(later, b, torch.where(valid, torch.ones_like(b), zero))  # b_0 = 1: the copy
+    dsrc = comb((b, gbar_all), (v_q * dvals, q), (v_s * dvals, s))
+    return dq, dsrc
+
+
+# --- the autograd function ------------------------------------------------------------------
+
+
+class _FastCSA(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, features: Tensor, mask: Tensor, mode: str, backend: str, search: str, chunk: int) -> Tensor:
+        n, c, h, w = features.shape
+        hw = h * w
+        x = features.detach().contiguous().view(n, c, hw)
+        if backend == "numba":
+            kern = _numba_kernels()
+            hole = mask.detach().reshape(n, hw) > 0.5
+            order = torch.empty(n, hw, dtype=torch.long)
+            nh = torch.empty(n, dtype=torch.long)
+            kern.plan(hole.numpy(), order.numpy(), nh.numpy())
+            length = int(nh.max()) if n else 0
+        else:
+            hole, nh, order, length = _plan(mask.detach(), n, hw)
+        stable = mode == "stable"
+        ctx.meta = (mode, backend, length, (n, c, h, w))
+        if length == 0:
+            ctx.save_for_backward()
+            return features.detach().clone()
+        hole_pos = order[:, :length].contiguous()
+        if search == "auto":
+            search = "exact" if x.device.type == "cpu" else "padded"
+        if backend == "numba":
+            nh_np = nh.numpy()
+            # Rows j >= nh[n] stay unset (the kernels never read them) unless the padded search
+            # multiplies them.
+            q = x.new_zeros(n, length, c) if search == "padded" else x.new_empty(n, length, c)
+            kern.gather_rows(x.numpy(), hole_pos.numpy(), nh_np, q.numpy())
+        else:
+            idx = hole_pos[:, None, :].expand(n, c, length)
+            q = x.gather(2, idx).transpose(1, 2).contiguous()
+        if search == "exact":
+            dmax, src = _search_exact(x, q, order, nh.tolist(), chunk, backend == "numba")
+        else:
+            dmax, src = _search_padded(x, q, hole, chunk)
+        valid = None
+        if backend == "numba":
+            s = torch.empty_like(q)
+            g = torch.empty_like(q)
+            stats = torch.empty(n, length, 8, dtype=torch.float64)
+            out = torch.empty_like(x)  # the kernel copies x into it row by row
+            kern.forward(
+                x.numpy(), out.numpy(), hole_pos.numpy(), src.numpy(), nh_np, dmax.numpy(), stable,
+                q.numpy(), s.numpy(), g.numpy(), stats.numpy(),
+            )
+        else:
+            valid = torch.arange(length, device=x.device) < nh[:, None]
+            src = torch.where(valid, src, hole_pos)  # padding slots point at a real position
+            s = x.gather(2, src[:, None, :].expand(n, c, length)).transpose(1, 2).contiguous()
+            work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+            g, stats = _torch_forward(q.to(work), s.to(work), dmax.to(work), stable)
+            # Padding slots write their own feature back (a no-op), so no host read is needed.
+            g = torch.where(valid[..., None], g.to(x.dtype), q)
+            out = x.clone().scatter_(2, hole_pos[:, None, :].expand(n, c, length), g.transpose(1, 2))
+        ctx.save_for_backward(hole_pos, src, nh, valid, dmax, q, s, g, stats)
+        return out.view(n, c, h, w)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Optional[Tensor], ...]:
+        mode, backend, length, (n, c, h, w) = ctx.meta
+        none = (None,) * 5
+        if length == 0:
+            return (grad_out.clone(),) + none
+        hole_pos, src, nh, valid, dmax, q, s, g, stats = ctx.saved_tensors
+        stable = mode == "stable"
+        go = grad_out.contiguous().view(n, c, h * w)
+        if backend == "numba":
+            gi = torch.empty_like(go)  # the kernel copies go into it row by row
+            gout = torch.empty_like(q)
+            dq = torch.empty_like(q)
+            dsrc = torch.empty_like(q)
+            _numba_kernels().backward(
+                go.numpy(), gi.numpy(), hole_pos.numpy(), src.numpy(), nh.numpy(), dmax.numpy(), stable,
+                q.numpy(), s.numpy(), g.numpy(), stats.numpy(), gout.numpy(), dq.numpy(), dsrc.numpy(),
+            )
+        else:
+            gi = go.clone()
+            idx = hole_pos[:, None, :].expand(n, c, length)
+            gout = go.gather(2, idx).transpose(1, 2)
+            work = stats.dtype
+            dq, dsrc = _torch_backward(
+                gout.to(work), g.to(work), q.to(work), s.to(work), dmax.to(work), valid, stats, stable
+            )
+            # Padding slots sit on known positions: write their incoming gradient back unchanged.
+            dq = torch.where(valid[..., None], dq.to(go.dtype), gout)
+            gi.scatter_(2, idx, dq.transpose(1, 2))
+            gi.scatter_add_(2, src[:, None, :].expand(n, c, length), dsrc.to(go.dtype).transpose(1, 2))
+        return (gi.view(n, c, h, w),) + none
+
+
+def csa_fast(
+    features: Tensor,
+    mask: Tensor,
+    mode: str = "stable",
+    *,
+    backend: str = "auto",
+    search: str = "auto",
+    chunk_elements: int = SEARCH_CHUNK_ELEMENTS,
+) -> Tensor:
+    """The CSA layer, fast: same result and gradients as :func:`csa.nn.attention.csa_reference`.
+
+    ``features`` N x C x H x W; ``mask`` N x 1 x H x W at feature resolution (1 = hole),
+    any values (> 0.5 is hole). Every sample with a hole needs a known position (checked on
+    CPU; on accelerators check the mask beforehand with
+    :func:`csa.nn.attention.check_known_positions`).
+    """
+    if mode not in MODES:
+        raise CsaError(f"CSA mode must be 'official' or 'stable', got {mode!r}")
+    if search not in SEARCHES:
+        raise CsaError(f"CSA search must be one of {SEARCHES}, got {search!r}")
+    if features.dim() != 4:
+        raise CsaError(f"CSA features must be N x C x H x W, got shape {tuple(features.shape)}")
+    if tuple(mask.shape) != (features.shape[0], 1, *features.shape[2:]):
+        raise CsaError(
+            f"CSA mask shape {tuple(mask.shape)} does not match features {tuple(features.shape)}: "
+            "expected N x 1 x H x W at feature resolution"
+        )
+    if chunk_elements < 1:
+        raise CsaError(f"chunk_elements must be positive, got {chunk_elements}")
+    chosen = resolve_backend(backend, features)
+    return _FastCSA.apply(features, mask.to(features.device), mode, chosen, search, int(chunk_elements))

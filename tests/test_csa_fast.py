@@ -1,0 +1,201 @@
+"""The fast CSA layer against the plain reference: values and gradients, both modes, all paths."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from csa.errors import CsaError
+from csa.nn import fast_attention
+from csa.nn.attention import CoherentSemanticAttention, csa_reference
+from csa.nn.fast_attention import csa_fast
+
+PATHS = [("numba", "exact"), ("numba", "padded"), ("torch", "exact"), ("torch", "padded")]
+TOL = {torch.float64: dict(rtol=1e-8, atol=1e-8), torch.float32: dict(rtol=1e-4, atol=1e-4)}
+
+
+def batch_masks(h: int = 8, w: int = 9) -> torch.Tensor:
+    """Four samples, four different masks (so four hole counts and padding in the batch)."""
+    m = torch.zeros(4, 1, h, w)
+    m[0, :, 2:5, 3:7] = 1  # a block spanning several rows
+    m[1, :, 0, 0] = 1  # a single hole, at the corner
+    m[2, :, h - 3 :, : 3] = 1  # at the bottom-left border
+    m[2, :, 0, w - 2 :] = 1  # plus a second piece at the top-right border
+    m[3, :, :, 4] = 1  # a column through the whole image: every row has a hole
+    return m
+
+
+def features_with_margin(mask: torch.Tensor, c: int, dtype: torch.dtype, positive: bool, seed: int = 0) -> torch.Tensor:
+    """Features whose search argmax has a clear margin (so float32 and finite differences agree).
+
+    Each hole feature is a scaled, slightly perturbed copy of one known feature: its best
+    match wins by a wide cosine gap. positive=True keeps every entry > 0 (official mode
+    then never divides by a sign-changing sum).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n, _, h, w = mask.shape
+    if positive:
+        f = torch.rand(n, c, h * w, generator=gen, dtype=torch.float64) + 0.1
+    else:
+        f = torch.randn(n, c, h * w, generator=gen, dtype=torch.float64)
+    for i in range(n):
+        hole = mask[i].flatten() > 0.5
+        known = (~hole).nonzero().flatten()
+        for p in hole.nonzero().flatten().tolist():
+            k = known[torch.randint(len(known), (1,), generator=gen)].item()
+            noise = 0.05 * torch.rand(c, generator=gen, dtype=torch.float64)
+            f[i, :, p] = (0.5 + torch.rand((), generator=gen, dtype=torch.float64)) * f[i, :, k] + noise
+    return f.view(n, c, h, w).to(dtype)
+
+
+def compare(features: torch.Tensor, mask: torch.Tensor, mode: str, **kwargs) -> None:
+    tol = TOL[features.dtype]
+    f_ref = features.clone().requires_grad_()
+    f_fast = features.clone().requires_grad_()
+    out_ref = csa_reference(f_ref, mask, mode)
+    out_fast = csa_fast(f_fast, mask, mode, **kwargs)
+    torch.testing.assert_close(out_fast, out_ref, **tol)
+    weight = torch.randn(out_ref.shape, generator=torch.Generator().manual_seed(5), dtype=out_ref.dtype)
+    (out_ref * weight).sum().backward()
+    (out_fast * weight).sum().backward()
+    torch.testing.assert_close(f_fast.grad, f_ref.grad, **tol)
+
+
+@pytest.mark.parametrize("backend,search", PATHS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("mode", ["official", "stable"])
+def test_values_and_gradients_match_the_reference(mode: str, dtype: torch.dtype, backend: str, search: str) -> None:
+    mask = batch_masks()
+    feats = features_with_margin(mask, 12, dtype, positive=mode == "official")
+    compare(feats, mask, mode, backend=backend, search=search)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_stable_mode_on_signed_features_with_clamping(backend: str) -> None:
+    # Zero-mean features: many cosines are negative, so the clamps and the b = 1 fallback run.
+    mask = batch_masks()
+    feats = torch.randn(4, 6, 8, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    feats[0, :, 3, 3] = 0.0  # a zero hole feature: Dad = Dmax = 0, the fallback b = 1
+    compare(feats, mask, "stable", backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("mode", ["official", "stable"])
+def test_gradcheck_float64(mode: str, backend: str) -> None:
+    mask = torch.zeros(2, 1, 4, 4, dtype=torch.float64)
+    mask[0, :, 1:3, 1:4] = 1  # several rows
+    mask[1, :, 3, :] = 1  # the bottom border
+    mask[1, :, 0, 0] = 1  # a corner
+    feats = features_with_margin(mask, 3, torch.float64, positive=True, seed=1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda f: csa_fast(f, mask, mode, backend=backend), (feats,), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_samples_without_holes(backend: str) -> None:
+    mask = batch_masks()
+    mask[1] = 0  # one sample of the batch has no hole
+    feats = features_with_margin(mask, 5, torch.float64, positive=False)
+    compare(feats, mask, "stable", backend=backend)
+    x = torch.randn(2, 5, 4, 4, requires_grad=True)
+    out = csa_fast(x, torch.zeros(2, 1, 4, 4), backend=backend)  # no hole anywhere
+    assert torch.equal(out, x)
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+
+
+@pytest.mark.parametrize("backend,search", PATHS)
+def test_tiny_search_chunks_give_the_same_result(backend: str, search: str) -> None:
+    mask = batch_masks()
+    feats = features_with_margin(mask, 6, torch.float64, positive=False)
+    whole = csa_fast(feats, mask, backend=backend, search=search)
+    chunked = csa_fast(feats, mask, backend=backend, search=search, chunk_elements=7)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
+
+
+def test_no_dense_score_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every score block stays within chunk_elements: nothing of size HW x HW is multiplied out."""
+    sizes: list[int] = []
+    for name in ("mm", "bmm"):
+        real = getattr(torch, name)
+
+        def spy(*args, _real=real, **kwargs):
+            out = _real(*args, **kwargs)
+            sizes.append(out.numel())
+            return out
+
+        monkeypatch.setattr(torch, name, spy)
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:12, 4:12] = 1
+    feats = torch.randn(2, 8, 16, 16, requires_grad=True)
+    for search in ("exact", "padded"):
+        csa_fast(feats, mask, search=search, chunk_elements=1000).sum().backward()
+    assert sizes and max(sizes) <= 1000 < 256 * 256
+
+
+def test_layer_dispatch_and_options() -> None:
+    mask = batch_masks()
+    feats = features_with_margin(mask, 5, torch.float64, positive=True)
+    expected = csa_reference(feats, mask, "official")
+    for impl in CoherentSemanticAttention.IMPLEMENTATIONS:
+        layer = CoherentSemanticAttention("official", implementation=impl)
+        assert impl in repr(layer)
+        torch.testing.assert_close(layer(feats, mask), expected, rtol=1e-10, atol=1e-10)
+    with pytest.raises(CsaError, match="implementation"):
+        CoherentSemanticAttention(implementation="cuda-magic")
+    with pytest.raises(CsaError, match="numba"):
+        csa_fast(feats.half(), mask, backend="numba")  # numba kernels take float32 / float64 only
+    with pytest.raises(CsaError, match="mask shape"):
+        csa_fast(feats, mask[:, :, :4])
+    with pytest.raises(CsaError, match="search"):
+        csa_fast(feats, mask, search="dense")
+
+
+def test_without_numba_auto_uses_the_torch_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fast_attention, "numba_available", lambda: False)
+    feats = torch.randn(1, 4, 5, 5)
+    assert fast_attention.resolve_backend("auto", feats) == "torch"
+    with pytest.raises(CsaError, match="needs numba"):
+        fast_attention.resolve_backend("numba", feats)
+    mask = torch.zeros(1, 1, 5, 5)
+    mask[..., 1:3, 1:4] = 1
+    torch.testing.assert_close(CoherentSemanticAttention()(feats, mask), csa_reference(feats, mask))
+
+
+def test_half_precision_runs_through_the_torch_backend() -> None:
+    mask = batch_masks()
+    feats = features_with_margin(mask, 8, torch.float32, positive=True)
+    out = csa_fast(feats.bfloat16(), mask, "stable")
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), csa_reference(feats, mask, "stable"), rtol=0.05, atol=0.05)
+
+
+def test_a_sample_with_no_known_position_is_refused_on_cpu() -> None:
+    mask = torch.ones(1, 1, 3, 3)
+    with pytest.raises(CsaError, match="no known feature position"):
+        csa_fast(torch.randn(1, 4, 3, 3), mask)
+
+
+def test_mask_values_and_dtypes() -> None:
+    mask = batch_masks()
+    feats = features_with_margin(mask, 5, torch.float32, positive=False)
+    expected = csa_fast(feats, mask)
+    torch.testing.assert_close(csa_fast(feats, mask.bool()), expected)
+    torch.testing.assert_close(csa_fast(feats, mask * 0.9), expected)  # > 0.5 is hole
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("mode", ["official", "stable"])
+def test_cuda_matches_the_reference(mode: str, dtype: torch.dtype) -> None:
+    mask = batch_masks()
+    feats = features_with_margin(mask, 12, dtype, positive=mode == "official")
+    tol = TOL[dtype]
+    f_ref = feats.clone().requires_grad_()
+    f_gpu = feats.cuda().requires_grad_()
+    out_ref = csa_reference(f_ref, mask, mode)
+    out_gpu = CoherentSemanticAttention(mode)(f_gpu, mask.cuda())
+    torch.testing.assert_close(out_gpu.cpu(), out_ref, **tol)
+    weight = torch.randn(out_ref.shape, dtype=dtype)
+    (out_ref * weight).sum().backward()
+    (out_gpu * weight.cuda()).sum().backward()
+    torch.testing.assert_close(f_gpu.grad.cpu(), f_ref.grad, **tol)
