@@ -271,3 +271,25 @@ def test_export_writes_the_generator_alone(three_steps, tmp_path) -> None:
 def test_a_new_run_refuses_a_folder_holding_one(files, three_steps, capsys) -> None:
     assert cli(*tiny_args(files, three_steps)) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_init_from_starts_the_generator_alone_from_earlier_weights(files, three_steps, tmp_path, capsys) -> None:
+    """train.init_from copies a run's (or an exported file's) generator; the new run starts at step 0."""
+    half = tmp_path / "g16.safetensors"
+    assert cli("export", str(three_steps), "-o", str(half), "--half") == 0
+    source = load_file(str(resolve_checkpoint(three_steps) / "generator.safetensors"))
+    for init in (three_steps, half):
+        cfg = Config.load(TINY).with_overrides([f"loss.vgg_weights={files['vgg']}", f"train.init_from={init}"])
+        trainer = Trainer(cfg, progress=False)
+        assert trainer.step == 0
+        got = trainer.generator.state_dict()
+        tol = {} if init == three_steps else {"atol": 1e-3, "rtol": 1e-2}
+        assert all(torch.allclose(got[k], v, **tol) if tol else torch.equal(got[k], v) for k, v in source.items())
+    fresh = Trainer(Config.load(TINY).with_overrides([f"loss.vgg_weights={files['vgg']}"]), progress=False)
+    assert not all(torch.equal(fresh.generator.state_dict()[k], v) for k, v in source.items())
+    # A missing source or one of another model size is refused before any step, naming the key.
+    assert cli(*tiny_args(files, tmp_path / "r1", "--set", f"train.init_from={tmp_path / 'nowhere'}")) == 2
+    assert "train.init_from" in capsys.readouterr().err
+    assert cli(*tiny_args(files, tmp_path / "r2", "--set", f"train.init_from={half}",
+                          "--set", "model.rough_ngf=8")) == 2
+    assert "does not fit" in capsys.readouterr().err

@@ -136,6 +136,9 @@ class TrainConfig:
     checkpoint_every: int = 1000  # steps between checkpoints; 0: only by time and at the end
     checkpoint_minutes: float = 0.0  # wall-clock minutes between checkpoints; 0: off
     keep_checkpoints: int = 3  # newest checkpoints kept in RUN_DIR/checkpoints; 0: keep all
+    # Generator weights to start from (a run folder, a checkpoint, or an exported .safetensors):
+    # only the generator is copied; discriminators, optimisers and the step start fresh.
+    init_from: Optional[str] = None
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig,

@@ -207,6 +207,22 @@ def list_checkpoints(run_dir: PathLike) -> list[Path]:
     return sorted(found, key=lambda p: int(_CKPT_RE.match(p.name).group(1)))  # type: ignore[union-attr]
 
 
+def read_generator_weights(path: PathLike) -> dict[str, Tensor]:
+    """Generator weights (float32) from a run folder, a checkpoint, or an exported .safetensors file."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.exists():
+        raise CsaError(f"train.init_from: {p} does not exist (give a run folder, a checkpoint folder or a "
+                       "generator .safetensors file)")
+    file = p if p.is_file() and p.suffix == ".safetensors" and p.name != NETS_FILE else resolve_checkpoint(p) / GENERATOR_FILE
+    try:
+        weights = load_file(str(file))
+    except Exception as exc:
+        raise CsaError(f"train.init_from: cannot read generator weights from {file} ({exc})") from None
+    return {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
+
+
 def resolve_checkpoint(path: PathLike) -> Path:
     """A checkpoint folder from a checkpoint folder, a file inside one, or a run folder (its latest)."""
     p = Path(path)
@@ -460,6 +476,12 @@ class Trainer:
 
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         self.generator: CSAGenerator = build_generator(dataclasses.replace(config.model)).to(self.device)
+        if t.init_from:
+            try:
+                self.generator.load_state_dict(read_generator_weights(t.init_from), strict=True)
+            except RuntimeError as exc:
+                raise CsaError(f"train.init_from: {t.init_from} does not fit the config's model section "
+                               f"({str(exc)[:300]})") from None
         weights = LossWeights(l1=config.loss.l1, consistency=config.loss.consistency,
                               gan_image=config.loss.gan_image, gan_feature=config.loss.gan_feature)
         if weights.needs_vgg and vgg is None:
