@@ -223,36 +223,36 @@ def breakdown(dtype: torch.dtype, runs: int = 50) -> None:
     feats, mask, grad = _inputs(CASES[0], torch.device("cpu"), dtype)
     n, c, h, w = feats.shape
     x = feats.view(n, c, h * w)
-    hole = mask.reshape(n, -1) > 0.5
+    flat = mask.reshape(n, -1).contiguous()
     order = torch.empty(n, h * w, dtype=torch.long)
     nh = torch.empty(n, dtype=torch.long)
-    kern.plan(hole.numpy(), order.numpy(), nh.numpy())
-    length = int(nh.max())
-    hole_pos = order[:, :length].contiguous()
+    length = kern.plan(flat.numpy(), order.numpy(), nh.numpy())
     q, s, g = (x.new_empty(n, length, c) for _ in range(3))
+    src = torch.empty(n, length, dtype=torch.long)
     stats = torch.empty(n, length, 8, dtype=torch.float64)
     out = torch.empty_like(x)
     go = grad.view(n, c, h * w)
     gi = torch.empty_like(go)
     gout, dq, dsrc = (x.new_empty(n, length, c) for _ in range(3))
-    kern.gather_rows(x.numpy(), hole_pos.numpy(), nh.numpy(), q.numpy())
-    dmax, src = fa._search_exact(x, q, order, nh.tolist(), fa.SEARCH_CHUNK_ELEMENTS, True)
-    a = (x.numpy(), out.numpy(), hole_pos.numpy(), src.numpy(), nh.numpy(), dmax.numpy(), True)
+    kern.gather_rows(x.numpy(), order.numpy(), nh.numpy(), q.numpy())
+    dmax, arg = fa._search_exact(x, q, order, nh.tolist(), fa.SEARCH_CHUNK_ELEMENTS, True)
     keys = x.new_empty(c, h * w - length)
     known = order[0, length:]
+    fwd_args = (x.numpy(), out.numpy(), order.numpy(), arg.numpy(), src.numpy(), nh.numpy(), dmax.numpy(), True,
+                q.numpy(), s.numpy(), g.numpy(), stats.numpy())
+    kern.forward(*fwd_args)
     stages = [
         ("hole bookkeeping + query gather", lambda: (
-            kern.plan(hole.numpy(), order.numpy(), nh.numpy()),
-            kern.gather_rows(x.numpy(), hole_pos.numpy(), nh.numpy(), q.numpy()))),
+            kern.plan(flat.numpy(), order.numpy(), nh.numpy()),
+            kern.gather_rows(x.numpy(), order.numpy(), nh.numpy(), q.numpy()))),
         ("known keys: gather + normalise", lambda: kern.gather_unit_columns(x[0].numpy(), known.numpy(), keys.numpy())),
         ("search matmul (the floor)", lambda: torch.mm(q[0], keys)),
         ("whole search (keys, matmul, argmax)", lambda: fa._search_exact(
             x, q, order, nh.tolist(), fa.SEARCH_CHUNK_ELEMENTS, True)),
-        ("generate kernel: source gather, recurrence, output", lambda: kern.forward(
-            *a, q.numpy(), s.numpy(), g.numpy(), stats.numpy())),
+        ("generate kernel: source gather, recurrence, output", lambda: kern.forward(*fwd_args)),
         ("backward kernel: reverse recurrence, gradient scatter", lambda: kern.backward(
-            go.numpy(), gi.numpy(), *a[2:], q.numpy(), s.numpy(), g.numpy(), stats.numpy(),
-            gout.numpy(), dq.numpy(), dsrc.numpy())),
+            go.numpy(), gi.numpy(), order.numpy(), src.numpy(), nh.numpy(), dmax.numpy(), True,
+            q.numpy(), s.numpy(), g.numpy(), stats.numpy(), gout.numpy(), dq.numpy(), dsrc.numpy())),
     ]
     print("\nWhere the fast layer's time goes, 1x512x32x32, 256 holes (each stage timed alone, median ms):")
     print("| stage | ms |\n|---|---|")

@@ -6,6 +6,8 @@ Imported lazily by :mod:`csa.nn.fast_attention` (importing numba costs ~0.3 s, c
 Layouts: features are ``x[n, c, p]`` (N x C x HW, contiguous, the network's layout); the
 per-hole vectors are rows ``q[n, j, c]`` (N x L x C) so that the recurrence reads contiguous
 memory. L is the largest hole count of the batch; sample n uses rows ``j < nh[n]`` only.
+Positions come from ``order[n]`` (N x HW, from :func:`plan`): the hole positions first
+(``j < nh[n]``), then the known ones, each in raster order.
 
 Arithmetic follows SPEC 5 (see :func:`csa.nn.attention.csa_reference`); dot products and
 norms accumulate in float64, vector updates run in the storage dtype (float32 SIMD lanes for
@@ -33,21 +35,26 @@ _JIT = dict(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "c
 
 
 @njit(**_JIT)
-def plan(hole, order, nh):
-    """order[n] = sample n's hole positions, then its known positions (raster order); nh = hole counts."""
-    n_samples, hw = hole.shape
+def plan(mask, order, nh):
+    """order[n] = sample n's hole positions (mask > 0.5), then its known positions, each in raster
+    order; nh = hole counts. Returns the largest hole count.
+    """
+    n_samples, hw = mask.shape
+    most = 0
     for n in range(n_samples):
         m = 0
         for p in range(hw):
-            if hole[n, p]:
+            if mask[n, p] > 0.5:
                 order[n, m] = p
                 m += 1
         nh[n] = m
+        most = max(most, m)
         t = m
         for p in range(hw):
-            if not hole[n, p]:
+            if not mask[n, p] > 0.5:
                 order[n, t] = p
                 t += 1
+    return most
 
 
 @njit(**_JIT)
@@ -72,7 +79,11 @@ def gather_rows(x, pos, nh, out):
 
 @njit(**_JIT)
 def gather_unit_columns(x, known, out):
-    """out[:, t] = x[:, known[t]] / (|x[:, known[t]]| + eps): one sample's normalised keys (C x nk)."""
+    """out[:, t] = x[:, known[t]] / (|x[:, known[t]]| + eps): one sample's normalised keys (C x nk).
+
+    The known positions come in runs of consecutive positions (rows of the feature map between
+    holes); each run is copied and scaled as one contiguous, vectorised slice.
+    """
     c, hw = x.shape
     nk = known.shape[0]
     sq = np.zeros(hw)  # squared norms of every position: one contiguous, vectorised pass
@@ -82,49 +93,80 @@ def gather_unit_columns(x, known, out):
             v = np.float64(row[p])
             sq[p] += v * v
     inv = np.empty(nk, dtype=x.dtype)
+    starts = np.empty(nk + 1, dtype=np.int64)  # runs: [starts[r], starts[r + 1]) in t
+    runs = 0
     for t in range(nk):
         inv[t] = 1.0 / (math.sqrt(sq[known[t]]) + EPS)
+        if t == 0 or known[t] != known[t - 1] + 1:
+            starts[runs] = t
+            runs += 1
+    starts[runs] = nk
     for k in range(c):
         row = x[k]
         dst = out[k]
-        for t in range(nk):
-            dst[t] = row[known[t]] * inv[t]
+        for r in range(runs):
+            t0, t1 = starts[r], starts[r + 1]
+            d, v, f = dst[t0:t1], row[known[t0] : known[t0] + t1 - t0], inv[t0:t1]  # slices vectorise
+            for t in range(t1 - t0):
+                d[t] = v[t] * f[t]
 
 
 @njit(**_JIT)
 def _copy_scatter_rows(dst, base, pos, nh, src):
     """dst = base, then dst[n, :, pos[n, j]] = src[n, j, :] for j < nh[n].
 
-    Row by row: each 1 x HW row of dst is copied and patched while it sits in cache.
+    By blocks of channels: the block's rows are copied, then patched from src while the rows and
+    src's short row segments stay in cache.
     """
     n_samples, c = dst.shape[0], dst.shape[1]
     for n in range(n_samples):
         m = nh[n]
-        for k in range(c):
-            row = dst[n, k]
-            row[:] = base[n, k]
+        for c0 in range(0, c, _BLOCK):
+            c1 = min(c0 + _BLOCK, c)
+            for k in range(c0, c1):
+                dst[n, k, :] = base[n, k, :]
             for j in range(m):
-                row[pos[n, j]] = src[n, j, k]
+                p = pos[n, j]
+                r = src[n, j]
+                for k in range(c0, c1):
+                    dst[n, k, p] = r[k]
 
 
 @njit(**_JIT)
 def _copy_scatter_grads(dst, base, hole_pos, src_pos, nh, dq, dsrc):
-    """dst = base; dst[n, :, hole_pos] = dq; then dst[n, :, src_pos] += dsrc (sources are known)."""
+    """dst = base; dst[n, :, hole_pos] = dq; then dst[n, :, src_pos] += dsrc (sources are known).
+
+    Blocked over channels as :func:`_copy_scatter_rows`.
+    """
     n_samples, c = dst.shape[0], dst.shape[1]
     for n in range(n_samples):
         m = nh[n]
-        for k in range(c):
-            row = dst[n, k]
-            row[:] = base[n, k]
+        for c0 in range(0, c, _BLOCK):
+            c1 = min(c0 + _BLOCK, c)
+            for k in range(c0, c1):
+                dst[n, k, :] = base[n, k, :]
             for j in range(m):
-                row[hole_pos[n, j]] = dq[n, j, k]
+                p = hole_pos[n, j]
+                r = dq[n, j]
+                for k in range(c0, c1):
+                    dst[n, k, p] = r[k]
             for j in range(m):
-                row[src_pos[n, j]] += dsrc[n, j, k]
+                p = src_pos[n, j]
+                r = dsrc[n, j]
+                for k in range(c0, c1):
+                    dst[n, k, p] += r[k]
 
 
 @njit(**_JIT)
-def forward(x, out, hole_pos, src_pos, nh, dmax, stable, q, s, g, stats):
-    """The generate recurrence: fills s (sources), g (hole outputs), stats; out = x with g in the holes."""
+def forward(x, out, order, arg, src_pos, nh, dmax, stable, q, s, g, stats):
+    """The generate recurrence: fills src_pos (the chosen known positions, from ``arg``, indices
+    into each sample's known list), s (sources), g (hole outputs), stats; out = x with g in the holes.
+    """
+    for n in range(order.shape[0]):
+        m = nh[n]
+        for j in range(m):
+            src_pos[n, j] = order[n, m + arg[n, j]]
+    hole_pos = order
     gather_rows(x, src_pos, nh, s)
     n_samples, _, c = q.shape
     ab = np.empty(2, dtype=q.dtype)
@@ -197,6 +239,7 @@ def backward(grad_out, grad_in, hole_pos, src_pos, nh, dmax, stable, q, s, g, st
     gather_rows(grad_out, hole_pos, nh, gout)
     n_samples, _, c = q.shape
     carry = np.zeros(c, dtype=q.dtype)  # storage dtype: float64 here halves the loop's speed
+    gbar = np.empty(c, dtype=q.dtype)  # incoming gradient of the current step's output
     cf = np.empty(9, dtype=q.dtype)
     for n in range(n_samples):
         m = nh[n]
@@ -211,7 +254,9 @@ def backward(grad_out, grad_in, hole_pos, src_pos, nh, dmax, stable, q, s, g, st
             # a = Dad/tot and b = Dmax/tot enter only through dL/da - dL/db = <gbar, g_{j-1} - s_j>.
             diff = 0.0
             for k in range(c):
-                diff += np.float64((go_row[k] + carry[k]) * (g_prev[k] - s_row[k]))
+                gb = go_row[k] + carry[k]
+                gbar[k] = gb
+                diff += np.float64(gb * (g_prev[k] - s_row[k]))
             # d loss / d(Dad), d loss / d(Dmax) through a = Dad/tot, b = Dmax/tot
             if stable:
                 if tot > EPS:
@@ -254,14 +299,13 @@ def backward(grad_out, grad_in, hole_pos, src_pos, nh, dmax, stable, q, s, g, st
             cf[5], cf[6], cf[7] = ds_s, a, carry_q
             cf[8] = carry_g
             c0, c1, c2, c3, c4, c5, c6, c7, c8 = cf[0], cf[1], cf[2], cf[3], cf[4], cf[5], cf[6], cf[7], cf[8]
+            # One output per loop: with a single store LLVM needs few alias checks and vectorises.
             for k in range(c):
-                gbar = go_row[k] + carry[k]
-                gp = g_prev[k]
-                qv = q_row[k]
-                sv = s_row[k]
-                dq_row[k] = c0 * gp + c1 * qv + c2 * sv
-                ds_row[k] = c3 * gbar + c4 * qv + c5 * sv
-                carry[k] = c6 * gbar + c7 * qv + c8 * gp
+                dq_row[k] = c0 * g_prev[k] + c1 * q_row[k] + c2 * s_row[k]
+            for k in range(c):
+                ds_row[k] = c3 * gbar[k] + c4 * q_row[k] + c5 * s_row[k]
+            for k in range(c):
+                carry[k] = c6 * gbar[k] + c7 * q_row[k] + c8 * g_prev[k]
         for k in range(c):
             dq[n, 0, k] = 0.0  # the first hole copies its source: its own feature gets no gradient
             dsrc[n, 0, k] = gout[n, 0, k] + carry[k]
