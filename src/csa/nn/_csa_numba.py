@@ -112,11 +112,12 @@ def gather_unit_columns(x, known, out):
 
 
 @njit(**_JIT)
-def _copy_scatter_rows(dst, base, pos, nh, src):
-    """dst = base, then dst[n, :, pos[n, j]] = src[n, j, :] for j < nh[n].
+def _copy_scatter(dst, base, pos, nh, src, add, add_pos, add_src):
+    """dst = base; dst[n, :, pos[n, j]] = src[n, j, :] for j < nh[n]; then, with ``add``,
+    dst[n, :, add_pos[n, j]] += add_src[n, j, :].
 
-    By blocks of channels: the block's rows are copied, then patched from src while the rows and
-    src's short row segments stay in cache.
+    By blocks of channels: the block's rows are copied, then patched from the row-major
+    sources while the rows and the sources' short row segments stay in cache.
     """
     n_samples, c = dst.shape[0], dst.shape[1]
     for n in range(n_samples):
@@ -130,31 +131,12 @@ def _copy_scatter_rows(dst, base, pos, nh, src):
                 r = src[n, j]
                 for k in range(c0, c1):
                     dst[n, k, p] = r[k]
-
-
-@njit(**_JIT)
-def _copy_scatter_grads(dst, base, hole_pos, src_pos, nh, dq, dsrc):
-    """dst = base; dst[n, :, hole_pos] = dq; then dst[n, :, src_pos] += dsrc (sources are known).
-
-    Blocked over channels as :func:`_copy_scatter_rows`.
-    """
-    n_samples, c = dst.shape[0], dst.shape[1]
-    for n in range(n_samples):
-        m = nh[n]
-        for c0 in range(0, c, _BLOCK):
-            c1 = min(c0 + _BLOCK, c)
-            for k in range(c0, c1):
-                dst[n, k, :] = base[n, k, :]
-            for j in range(m):
-                p = hole_pos[n, j]
-                r = dq[n, j]
-                for k in range(c0, c1):
-                    dst[n, k, p] = r[k]
-            for j in range(m):
-                p = src_pos[n, j]
-                r = dsrc[n, j]
-                for k in range(c0, c1):
-                    dst[n, k, p] += r[k]
+            if add:
+                for j in range(m):
+                    p = add_pos[n, j]
+                    r = add_src[n, j]
+                    for k in range(c0, c1):
+                        dst[n, k, p] += r[k]
 
 
 @njit(**_JIT)
@@ -226,7 +208,7 @@ def forward(x, out, order, arg, src_pos, nh, dmax, stable, q, s, g, stats):
             st[5] = qn
             st[6] = gn
             st[7] = math.sqrt(ss)
-    _copy_scatter_rows(out, x, hole_pos, nh, g)
+    _copy_scatter(out, x, hole_pos, nh, g, False, hole_pos, g)
 
 
 @njit(**_JIT)
@@ -309,4 +291,4 @@ def backward(grad_out, grad_in, hole_pos, src_pos, nh, dmax, stable, q, s, g, st
         for k in range(c):
             dq[n, 0, k] = 0.0  # the first hole copies its source: its own feature gets no gradient
             dsrc[n, 0, k] = gout[n, 0, k] + carry[k]
-    _copy_scatter_grads(grad_in, grad_out, hole_pos, src_pos, nh, dq, dsrc)
+    _copy_scatter(grad_in, grad_out, hole_pos, nh, dq, True, src_pos, dsrc)
