@@ -112,6 +112,28 @@ def gather_unit_columns(x, known, out):
 
 
 @njit(**_JIT)
+def first_index_of(scores, best, arg):
+    """arg[i] = the first t with scores[i, t] == best[i] (the first NaN when best[i] is NaN):
+    torch.max's index, given torch.amax's value (amax vectorises, max's index search does not).
+    """
+    for i in range(scores.shape[0]):
+        row = scores[i]
+        b = best[i]
+        found = 0
+        if b != b:
+            for t in range(row.shape[0]):
+                if row[t] != row[t]:
+                    found = t
+                    break
+        else:
+            for t in range(row.shape[0]):
+                if row[t] == b:
+                    found = t
+                    break
+        arg[i] = found
+
+
+@njit(**_JIT)
 def _copy_scatter(dst, base, pos, nh, src, add, add_pos, add_src):
     """dst = base; dst[n, :, pos[n, j]] = src[n, j, :] for j < nh[n]; then, with ``add``,
     dst[n, :, add_pos[n, j]] += add_src[n, j, :].

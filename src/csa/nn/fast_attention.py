@@ -153,7 +153,11 @@ def _search_exact(
         for r0 in range(0, m, rows):
             r1 = min(m, r0 + rows)
             block = torch.mm(q[i, r0:r1], keys, out=None if scores is None else scores[: r1 - r0])
-            torch.max(block, dim=1, out=(dmax[i, r0:r1], arg[i, r0:r1]))
+            if use_numba:
+                torch.amax(block, dim=1, out=dmax[i, r0:r1])
+                _numba_kernels().first_index_of(block.numpy(), dmax[i, r0:r1].numpy(), arg[i, r0:r1].numpy())
+            else:
+                torch.max(block, dim=1, out=(dmax[i, r0:r1], arg[i, r0:r1]))
     return dmax, arg
 
 
