@@ -199,3 +199,19 @@ def test_cuda_matches_the_reference(mode: str, dtype: torch.dtype) -> None:
     (out_ref * weight).sum().backward()
     (out_gpu * weight.cuda()).sum().backward()
     torch.testing.assert_close(f_gpu.grad.cpu(), f_ref.grad, **tol)
+
+
+def test_work_buffers_serve_inference_mode_and_training_alike() -> None:
+    """The layer keeps work buffers between calls: a first call under torch.inference_mode
+    (as `csa inpaint` makes it) must not leave buffers that a later training call cannot write."""
+    gen = torch.Generator().manual_seed(3)
+    features = torch.randn(1, 16, 8, 8, generator=gen)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:5, 3:7] = 1
+    with torch.inference_mode():
+        first = csa_fast(features, mask, "stable")
+    x = features.clone().requires_grad_()
+    again = csa_fast(x, mask, "stable")
+    again.sum().backward()
+    assert torch.equal(first, again.detach())
+    assert x.grad is not None and torch.isfinite(x.grad).all()

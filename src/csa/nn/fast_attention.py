@@ -56,7 +56,8 @@ def _scratch(slot: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     buffers = _SCRATCH.__dict__.setdefault("buffers", {})
     buf = buffers.get((slot, dtype))
     if buf is None or buf.numel() < numel:
-        buf = torch.empty(numel, dtype=dtype)
+        with torch.inference_mode(False):  # a normal tensor: usable inside and outside inference mode
+            buf = torch.empty(numel, dtype=dtype)
         if numel * buf.element_size() <= SCRATCH_LIMIT_BYTES:
             buffers[(slot, dtype)] = buf
     return buf[:numel].view(shape)
