@@ -124,7 +124,6 @@ class FidAccumulator:
 _ALEX = [("C", 3, 64, 11, 4, 2), "R", ("M", 3, 2), ("C", 64, 192, 5, 1, 2), "R", ("M", 3, 2),
          ("C", 192, 384, 3, 1, 1), "R", ("C", 384, 256, 3, 1, 1), "R", ("C", 256, 256, 3, 1, 1), "R"]
 _ALEX_TAPS = (1, 4, 7, 9, 11)  # relu1 .. relu5
-_VGG_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 _VGG_TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
 _HEAD_CHANNELS = {(64, 192, 384, 256, 256): "alex", (64, 128, 256, 512, 512): "vgg"}
 # LPIPS's input scaling (for inputs in [-1, 1]), from the lpips package.
@@ -146,14 +145,9 @@ def _layers(net: str):
                 _, cin, cout, k, s, p = spec
                 layers.append(nn.Conv2d(cin, cout, k, s, p))
         return nn.Sequential(*layers), _ALEX_TAPS
-    cin = 3
-    for v in _VGG_CFG:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-        else:
-            layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU()]
-            cin = v
-    return nn.Sequential(*layers), _VGG_TAPS
+    from .nn.vgg import VGG16_CONV5_CFG, vgg_layers
+
+    return nn.Sequential(*vgg_layers(VGG16_CONV5_CFG)), _VGG_TAPS
 
 
 def _load_state(path: PathLike, what: str) -> dict:

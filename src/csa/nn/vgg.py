@@ -19,7 +19,7 @@ import os
 import re
 import urllib.error
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple, Optional, Union
 
@@ -34,6 +34,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # VGG16 configuration "D" up to conv4_3: channels per conv, "M" a 2x2 max-pool.
 _CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512)
+# The whole convolutional part, to conv5_3 (LPIPS taps relu5_3).
+VGG16_CONV5_CFG = _CFG + ("M", 512, 512, 512)
 POOL3_INDEX = 16  # features[16]: third max-pool, 256 x H/8 x W/8
 RELU4_3_INDEX = 22  # features[22]: ReLU after conv4_3, 512 x H/8 x W/8
 # torchvision indices of the ten conv layers up to conv4_3, in network order.
@@ -51,6 +53,20 @@ _HOW_TO_GET = (
     f"~/.cache/csa/{DEFAULT_FILE_NAME}` (see tools/README.md), or pass a local .pth / "
     ".safetensors file (e.g. torchvision's vgg16-397923af.pth)"
 )
+
+
+def vgg_layers(cfg: Sequence[Union[int, str]] = _CFG, inplace: bool = False) -> list[nn.Module]:
+    """torchvision's ``features`` layers for a VGG configuration: 3x3 conv + ReLU per number,
+    a 2x2 max-pool per "M"; the list index is torchvision's key index (``features.N``)."""
+    layers: list[nn.Module] = []
+    c_in = 3
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(c_in, int(v), kernel_size=3, padding=1), nn.ReLU(inplace=inplace)]
+            c_in = int(v)
+    return layers
 
 
 class VGGOutput(NamedTuple):
@@ -81,15 +97,7 @@ class VGG16Features(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        c_in = 3
-        for v in _CFG:
-            if v == "M":
-                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-            else:
-                layers += [nn.Conv2d(c_in, int(v), kernel_size=3, padding=1), nn.ReLU(inplace=True)]
-                c_in = int(v)
-        self.features = nn.Sequential(*layers)
+        self.features = nn.Sequential(*vgg_layers(_CFG, inplace=True))
         # Not persistent: the state dict must hold torchvision's keys and nothing else.
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
