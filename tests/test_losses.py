@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from csa.config import ModelConfig
-from csa.losses import ConsistencyLoss, LossWeights, Objective, masked_mse, ralsgan_d, ralsgan_g
+from csa.losses import ConsistencyLoss, LossWeights, Objective, masked_mse, ralsgan_d, ralsgan_g, weighted_l1
 from csa.nn import FeatureDiscriminator, PatchDiscriminator, build_generator
 from csa.nn.vgg import VGG16Features
 
@@ -90,3 +90,32 @@ def test_vgg_can_stop_at_pool3() -> None:
     full, short = vgg(x), vgg(x, stop_at_pool3=True)
     assert short.relu4_3 is None
     assert torch.equal(full.pool3, short.pool3)
+
+
+def test_weighted_l1_counts_hole_pixels_hole_weight_times() -> None:
+    gen = torch.Generator().manual_seed(0)
+    out, gt = torch.randn(2, 3, 8, 8, generator=gen), torch.randn(2, 3, 8, 8, generator=gen)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[0, :, 2:5, 2:6] = 1
+    mask[1, :, 6:, :] = 1
+    assert torch.equal(weighted_l1(out, gt, mask), torch.nn.functional.l1_loss(out, gt))  # the paper's
+    diff = (out - gt).abs()
+    hole = mask.expand_as(diff) > 0.5
+    expected = (diff[~hole].sum() + 6 * diff[hole].sum()) / diff.numel()
+    assert torch.allclose(weighted_l1(out, gt, mask, 6.0), expected)
+    # The gradient of a hole pixel is 6 times a known pixel's.
+    x = out.clone().requires_grad_()
+    weighted_l1(x, gt, mask, 6.0).backward()
+    g = x.grad.abs()
+    assert torch.allclose(g[hole], torch.full_like(g[hole], 6 / diff.numel()))
+    assert torch.allclose(g[~hole], torch.full_like(g[~hole], 1 / diff.numel()))
+
+
+def test_l1_hole_weight_is_a_config_key() -> None:
+    from csa.config import Config
+    from csa.errors import CsaError
+
+    assert Config().loss.l1_hole_weight == 1.0
+    assert Config().with_overrides(["loss.l1_hole_weight=6"]).loss.l1_hole_weight == 6.0
+    with pytest.raises(CsaError, match="l1_hole_weight"):
+        Config().with_overrides(["loss.l1_hole_weight=0"])

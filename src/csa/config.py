@@ -90,6 +90,7 @@ class LossConfig:
     """The objective of SPEC 6. A weight of 0 switches its term (and what only it needs) off."""
 
     l1: float = 100.0  # on both stages: l1 * (L1(refined, gt) + L1(rough, gt))
+    l1_hole_weight: float = 1.0  # hole pixels count this many times in both L1 terms (1: the paper)
     consistency: float = 1.0
     gan_image: float = 0.2
     gan_feature: float = 0.2
@@ -172,6 +173,8 @@ class Config:
         if self.model.image_size % 256:
             raise CsaError(f"model.image_size must be a multiple of 256 (the U-Nets halve it 8 times), "
                            f"got {self.model.image_size}")
+        if lo.l1_hole_weight <= 0:
+            raise CsaError(f"loss.l1_hole_weight must be positive (1: the paper's plain L1), got {lo.l1_hole_weight}")
         for key in ("lr", "beta1", "beta2", "checkpoint_minutes"):
             if getattr(t, key) < 0:
                 raise CsaError(f"train.{key} must be >= 0, got {getattr(t, key)}")

@@ -58,6 +58,7 @@ class LossWeights:
     """The release's weights (SPEC 6); a weight of 0 switches its term off."""
 
     l1: float = 100.0  # on both stages: l1 * (L1(refined) + L1(rough))
+    l1_hole: float = 1.0  # hole pixels' weight in the L1 terms, known pixels' being 1 (1: the paper's plain mean)
     consistency: float = 1.0
     gan_image: float = 0.2
     gan_feature: float = 0.2
@@ -65,6 +66,18 @@ class LossWeights:
     @property
     def needs_vgg(self) -> bool:
         return self.consistency > 0 or self.gan_feature > 0
+
+
+def weighted_l1(output: Tensor, target: Tensor, mask: Tensor, hole_weight: float = 1.0) -> Tensor:
+    """Mean absolute error over all pixels, hole pixels (mask > 0.5) counted ``hole_weight`` times.
+
+    ``hole_weight`` 1 is the paper's plain L1; e.g. 6 is the hole / valid balance of Liu et al.
+    2018 (partial convolutions): L1_valid + 6 L1_hole, both means over the whole image.
+    """
+    if hole_weight == 1.0:
+        return F.l1_loss(output, target)
+    weight = torch.where(mask > 0.5, hole_weight, 1.0).to(output.dtype)
+    return ((output - target).abs() * weight).mean()
 
 
 class VGGPair(NamedTuple):
@@ -122,7 +135,8 @@ class Objective(nn.Module):
                        gt: Tensor, mask: Tensor, feats: VGGPair) -> dict[str, Tensor]:
         """The weighted generator objective of SPEC 6; unweighted terms are returned too."""
         w = self.weights
-        terms = {"l1_refined": F.l1_loss(out.refined, gt), "l1_rough": F.l1_loss(out.rough, gt)}
+        terms = {"l1_refined": weighted_l1(out.refined, gt, mask, w.l1_hole),
+                 "l1_rough": weighted_l1(out.rough, gt, mask, w.l1_hole)}
         total = w.l1 * (terms["l1_refined"] + terms["l1_rough"])
         if w.consistency > 0:
             mask_feat = feature_mask((mask > 0.5).to(gt.dtype), CSA_DOWNSAMPLINGS)

@@ -482,7 +482,8 @@ class Trainer:
             except RuntimeError as exc:
                 raise CsaError(f"train.init_from: {t.init_from} does not fit the config's model section "
                                f"({str(exc)[:300]})") from None
-        weights = LossWeights(l1=config.loss.l1, consistency=config.loss.consistency,
+        weights = LossWeights(l1=config.loss.l1, l1_hole=config.loss.l1_hole_weight,
+                              consistency=config.loss.consistency,
                               gan_image=config.loss.gan_image, gan_feature=config.loss.gan_feature)
         if weights.needs_vgg and vgg is None:
             from .nn.vgg import load_vgg16
