@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit
 
 EPS = 1e-8
-_BLOCK = 8  # channels per block in the transposing gathers (8 rows of lines stay in L1)
+_BLOCK = 8  # channels per block in the transposing gathers and scatters (8 rows stay in L1)
 
 # numpy error model: x / 0 gives inf / nan as torch does. reassoc lets the dot products
 # vectorise; no nnan / ninf flags, so official mode's inf and nan stay as they are.
@@ -243,7 +243,6 @@ def backward(grad_out, grad_in, hole_pos, src_pos, nh, dmax, stable, q, s, g, st
     gather_rows(grad_out, hole_pos, nh, gout)
     n_samples, _, c = q.shape
     carry = np.zeros(c, dtype=q.dtype)  # storage dtype: float64 here halves the loop's speed
-    gbar = np.empty(c, dtype=q.dtype)  # incoming gradient of the current step's output
     cf = np.empty(9, dtype=q.dtype)
     for n in range(n_samples):
         m = nh[n]
@@ -258,9 +257,7 @@ def backward(grad_out, grad_in, hole_pos, src_pos, nh, dmax, stable, q, s, g, st
             # a = Dad/tot and b = Dmax/tot enter only through dL/da - dL/db = <gbar, g_{j-1} - s_j>.
             diff = 0.0
             for k in range(c):
-                gb = go_row[k] + carry[k]
-                gbar[k] = gb
-                diff += np.float64(gb * (g_prev[k] - s_row[k]))
+                diff += np.float64((go_row[k] + carry[k]) * (g_prev[k] - s_row[k]))
             # d loss / d(Dad), d loss / d(Dmax) through a = Dad/tot, b = Dmax/tot
             if stable:
                 if tot > EPS:
@@ -303,13 +300,14 @@ def backward(grad_out, grad_in, hole_pos, src_pos, nh, dmax, stable, q, s, g, st
             cf[5], cf[6], cf[7] = ds_s, a, carry_q
             cf[8] = carry_g
             c0, c1, c2, c3, c4, c5, c6, c7, c8 = cf[0], cf[1], cf[2], cf[3], cf[4], cf[5], cf[6], cf[7], cf[8]
-            # One output per loop: with a single store LLVM needs few alias checks and vectorises.
             for k in range(c):
-                dq_row[k] = c0 * g_prev[k] + c1 * q_row[k] + c2 * s_row[k]
-            for k in range(c):
-                ds_row[k] = c3 * gbar[k] + c4 * q_row[k] + c5 * s_row[k]
-            for k in range(c):
-                carry[k] = c6 * gbar[k] + c7 * q_row[k] + c8 * g_prev[k]
+                gbar = go_row[k] + carry[k]
+                gp = g_prev[k]
+                qv = q_row[k]
+                sv = s_row[k]
+                dq_row[k] = c0 * gp + c1 * qv + c2 * sv
+                ds_row[k] = c3 * gbar + c4 * qv + c5 * sv
+                carry[k] = c6 * gbar + c7 * qv + c8 * gp
         for k in range(c):
             dq[n, 0, k] = 0.0  # the first hole copies its source: its own feature gets no gradient
             dsrc[n, 0, k] = gout[n, 0, k] + carry[k]
