@@ -1,15 +1,28 @@
 """The fast CSA layer against the plain reference: values and gradients, both modes, all paths."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Without a GPU the Triton kernels run in Triton's CPU interpreter (set before they import).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from csa.errors import CsaError
 from csa.nn import fast_attention
 from csa.nn.attention import CoherentSemanticAttention, csa_reference
 from csa.nn.fast_attention import csa_fast
 
-PATHS = [("numba", "exact"), ("numba", "padded"), ("torch", "exact"), ("torch", "padded")]
+HAS_TRITON = fast_attention.triton_available()
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (pip install triton)")
+TRITON = pytest.param("triton", marks=needs_triton)
+BACKENDS = ["numba", "torch", TRITON]
+PATHS = [
+    ("numba", "exact"), ("numba", "padded"), ("torch", "exact"), ("torch", "padded"),
+    pytest.param("triton", "auto", marks=needs_triton),
+]
 TOL = {torch.float64: dict(rtol=1e-8, atol=1e-8), torch.float32: dict(rtol=1e-4, atol=1e-4)}
 
 
@@ -69,7 +82,7 @@ def test_values_and_gradients_match_the_reference(mode: str, dtype: torch.dtype,
     compare(feats, mask, mode, backend=backend, search=search)
 
 
-@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_stable_mode_on_signed_features_with_clamping(backend: str) -> None:
     # Zero-mean features: many cosines are negative, so the clamps and the b = 1 fallback run.
     mask = batch_masks()
@@ -78,7 +91,7 @@ def test_stable_mode_on_signed_features_with_clamping(backend: str) -> None:
     compare(feats, mask, "stable", backend=backend)
 
 
-@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", ["official", "stable"])
 def test_gradcheck_float64(mode: str, backend: str) -> None:
     mask = torch.zeros(2, 1, 4, 4, dtype=torch.float64)
@@ -89,7 +102,7 @@ def test_gradcheck_float64(mode: str, backend: str) -> None:
     assert torch.autograd.gradcheck(lambda f: csa_fast(f, mask, mode, backend=backend), (feats,), eps=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_samples_without_holes(backend: str) -> None:
     mask = batch_masks()
     mask[1] = 0  # one sample of the batch has no hole
@@ -136,6 +149,8 @@ def test_layer_dispatch_and_options() -> None:
     feats = features_with_margin(mask, 5, torch.float64, positive=True)
     expected = csa_reference(feats, mask, "official")
     for impl in CoherentSemanticAttention.IMPLEMENTATIONS:
+        if impl == "triton" and not HAS_TRITON:
+            continue
         layer = CoherentSemanticAttention("official", implementation=impl)
         assert impl in repr(layer)
         torch.testing.assert_close(layer(feats, mask), expected, rtol=1e-10, atol=1e-10)
@@ -186,19 +201,37 @@ def test_mask_values_and_dtypes() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("mode", ["official", "stable"])
-def test_cuda_matches_the_reference(mode: str, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("backend", ["auto", "triton", "torch"])
+def test_cuda_matches_the_reference(mode: str, dtype: torch.dtype, backend: str) -> None:
     mask = batch_masks()
     feats = features_with_margin(mask, 12, dtype, positive=mode == "official")
     tol = TOL[dtype]
     f_ref = feats.clone().requires_grad_()
     f_gpu = feats.cuda().requires_grad_()
     out_ref = csa_reference(f_ref, mask, mode)
-    out_gpu = CoherentSemanticAttention(mode)(f_gpu, mask.cuda())
+    out_gpu = CoherentSemanticAttention(mode, implementation=backend)(f_gpu, mask.cuda())
     torch.testing.assert_close(out_gpu.cpu(), out_ref, **tol)
     weight = torch.randn(out_ref.shape, dtype=dtype)
     (out_ref * weight).sum().backward()
     (out_gpu * weight.cuda()).sum().backward()
     torch.testing.assert_close(f_gpu.grad.cpu(), f_ref.grad, **tol)
+    if backend == "auto":
+        assert fast_attention.resolve_backend("auto", f_gpu) == "triton"  # the kernels passed their self-check
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_triton_layer_never_syncs_with_the_host() -> None:
+    mask = batch_masks().cuda()
+    feats = features_with_margin(batch_masks(), 32, torch.float32, positive=False).cuda().requires_grad_()
+    csa_fast(feats, mask, backend="triton").sum().backward()  # compile first (compiling may sync)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = csa_fast(feats, mask, backend="triton")
+        out.backward(torch.ones_like(out))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_work_buffers_serve_inference_mode_and_training_alike() -> None:
@@ -215,3 +248,86 @@ def test_work_buffers_serve_inference_mode_and_training_alike() -> None:
     again.sum().backward()
     assert torch.equal(first, again.detach())
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@needs_triton
+def test_triton_backend_in_half_precision_works_in_float32() -> None:
+    mask = batch_masks()
+    feats = features_with_margin(mask, 8, torch.float32, positive=True)
+    out = csa_fast(feats.bfloat16(), mask, "stable", backend="triton")
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), csa_reference(feats, mask, "stable"), rtol=0.05, atol=0.05)
+
+
+@needs_triton
+def test_triton_backend_reads_nothing_back_from_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Around the kernels the layer only queues device work: no Python-level read of a tensor's
+    value (item, bool, int, tolist, nonzero, numpy), so no host-device sync on a GPU."""
+    mask = batch_masks()
+    feats = features_with_margin(mask, 6, torch.float32, positive=False).requires_grad_()
+    kernels = fast_attention._triton_kernels()
+    reads: list[str] = []
+    real = {name: getattr(torch.Tensor, name) for name in ("item", "__bool__", "__int__", "__index__",
+                                                            "__float__", "tolist", "nonzero", "numpy")}
+
+    def spy(name):
+        def read(self, *args, **kwargs):
+            reads.append(name)
+            return real[name](self, *args, **kwargs)
+        return read
+
+    class Quiet:  # runs the real kernels with the spies off (the interpreter copies to numpy)
+        def __getattr__(self, name):
+            kernel = getattr(kernels, name)
+
+            def call(*args, **kwargs):
+                for attr, fn in real.items():
+                    monkeypatch.setattr(torch.Tensor, attr, fn)
+                try:
+                    return kernel(*args, **kwargs)
+                finally:
+                    for attr in real:
+                        monkeypatch.setattr(torch.Tensor, attr, spy(attr))
+            return call
+
+    monkeypatch.setattr(fast_attention, "_triton_kernels", lambda: Quiet())
+    for attr in real:
+        monkeypatch.setattr(torch.Tensor, attr, spy(attr))
+    out = csa_fast(feats, mask, "stable", backend="triton")
+    out.backward(torch.ones_like(out))
+    for attr, fn in real.items():
+        monkeypatch.setattr(torch.Tensor, attr, fn)
+    assert reads == []
+    torch.testing.assert_close(out, csa_reference(feats.detach(), mask, "stable"), rtol=1e-4, atol=1e-4)
+
+
+@needs_triton
+def test_triton_self_check_falls_back_to_torch_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert fast_attention._triton_self_check(torch.device("cpu"), "stable")
+
+    class Broken:
+        def __getattr__(self, name):
+            def fail(*args, **kwargs):
+                raise RuntimeError("no kernel image is available for execution on the device")
+            return fail
+
+    monkeypatch.setattr(fast_attention, "_triton_kernels", lambda: Broken())
+    with pytest.warns(UserWarning, match="using the torch backend"):
+        assert not fast_attention._triton_self_check(torch.device("cpu"), "official")
+
+
+@needs_triton
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the CUDA tests run the kernels themselves")
+def test_triton_kernels_compile_for_ampere_and_hopper(tmp_path) -> None:
+    """Triton's own compiler (LLVM and ptxas ship in its wheel) turns every kernel variant into
+    sm_80 and sm_90 machine code, no GPU needed: catches what the interpreter lets through."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    script = Path(__file__).with_name("triton_compile_check.py")
+    done = subprocess.run([sys.executable, str(script), "80", "90"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count(": ok") == 2 * 2 * 5

@@ -123,12 +123,12 @@ class CoherentSemanticAttention(nn.Module):
     :func:`check_known_positions` before the network runs.
 
     implementation: 'auto' (default) runs the fast layer of :mod:`csa.nn.fast_attention`
-    (compiled numba kernels on CPU float32/float64, its batched torch code elsewhere);
-    'numba' or 'torch' force one of its backends; 'reference' runs :func:`csa_reference`
-    (slow; the only one with double-backward support).
+    (compiled numba kernels on CPU float32/float64, Triton kernels on CUDA, its batched
+    torch code elsewhere); 'numba', 'triton' or 'torch' force one of its backends;
+    'reference' runs :func:`csa_reference` (slow; the only one with double-backward support).
     """
 
-    IMPLEMENTATIONS = ("auto", "numba", "torch", "reference")
+    IMPLEMENTATIONS = ("auto", "numba", "triton", "torch", "reference")
 
     def __init__(self, mode: str = "stable", implementation: str = "auto") -> None:
         super().__init__()

@@ -4,25 +4,31 @@ Same arithmetic as :func:`csa.nn.attention.csa_reference` (SPEC 5), organised fo
 
 * Search: per sample one product of the hole queries against the normalised known keys
   (``holes x C`` times ``C x known``), chunked over the holes so that the score block never
-  exceeds ``chunk_elements`` numbers; argmax and max per hole. No ``HW x HW`` matrix exists,
-  forward or backward.
+  exceeds ``chunk_elements`` numbers (the Triton kernel works in 32 x 32 tiles); argmax and
+  max per hole. No ``HW x HW`` matrix exists, forward or backward.
 * Generate: the recurrence over the holes (raster order) runs as compiled code (numba on
-  CPU) or, on any device, as a batched torch loop over the hole rank (all samples at once).
+  CPU, Triton on CUDA) or, on any device, as a batched torch loop over the hole rank.
 * Backward: written by hand as the reverse recurrence; the search contributes only through
   the chosen (hole, key) pairs, so its gradient is O(holes x C), not a dense score gradient.
 
-Backends (``backend=``): ``"numba"`` (CPU, float32/float64), ``"torch"`` (any device and
-dtype), ``"auto"`` (numba when it applies, else torch). Search strategies (``search=``):
-``"exact"`` gathers each sample's known keys (reads the hole counts on the host: free on
-CPU), ``"padded"`` multiplies all samples at once against every position with hole keys
-masked out (batched, for accelerators), ``"auto"`` picks exact on CPU, padded elsewhere.
+Backends (``backend=``): ``"numba"`` (CPU, float32/float64), ``"triton"`` (CUDA; on CPU
+only under Triton's interpreter, ``TRITON_INTERPRET=1``), ``"torch"`` (any device and
+dtype), ``"auto"`` (numba on CPU, Triton on CUDA, torch where neither applies). Search
+strategies of the numba and torch backends (``search=``): ``"exact"`` gathers each sample's
+known keys (reads the hole counts on the host: free on CPU), ``"padded"`` multiplies all
+samples at once against every position with hole keys masked out (batched, for
+accelerators), ``"auto"`` picks exact on CPU, padded elsewhere. The Triton backend has its
+own fused search.
 
-On a non-CPU device the layer reads one number back to the host per forward (the largest
-hole count, which sizes the loop); the backward reads none.
+Host-device syncs: none with the Triton backend (the kernels read the hole counts
+themselves). The torch backend reads one number back per forward (the largest hole count,
+which sizes its loop); its backward reads none.
 """
 from __future__ import annotations
 
+import os
 import threading
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -35,11 +41,12 @@ from .attention import EPS
 # Largest score block of the search, in numbers (16 MiB in float32).
 SEARCH_CHUNK_ELEMENTS = 1 << 22
 
-BACKENDS = ("auto", "numba", "torch")
+BACKENDS = ("auto", "numba", "triton", "torch")
 SEARCHES = ("auto", "exact", "padded")
 MODES = ("official", "stable")
 
 _NUMBA: Any = None  # the compiled-kernel module, imported on first use; False if it cannot be
+_TRITON: Any = None  # likewise for the Triton kernels
 
 # Per-thread CPU work buffers (keys, scores, backward temporaries) kept between calls: a
 # training loop calls the layer with the same shapes every step, and fresh multi-MiB
@@ -83,11 +90,36 @@ def _numba_kernels() -> Any:
     return _NUMBA
 
 
+def triton_available() -> bool:
+    """True when the Triton kernels import (Triton ships with PyTorch's CUDA wheels)."""
+    global _TRITON
+    if _TRITON is None:
+        try:
+            from . import _csa_triton
+        except Exception:  # ImportError, or a Triton too old for the kernels
+            _TRITON = False
+        else:
+            _TRITON = _csa_triton
+    return _TRITON is not False
+
+
+def triton_interpreted() -> bool:
+    """True when Triton runs its kernels in its CPU interpreter (TRITON_INTERPRET=1, for tests)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _triton_kernels() -> Any:
+    if not triton_available():
+        raise CsaError("the triton CSA backend needs Triton (it comes with PyTorch's CUDA build): use backend='torch'")
+    return _TRITON
+
+
 def resolve_backend(backend: str, features: Tensor) -> str:
-    """The backend that will run for these features ('numba' or 'torch')."""
+    """The backend that will run for these features ('numba', 'triton' or 'torch')."""
     if backend not in BACKENDS:
         raise CsaError(f"CSA backend must be one of {BACKENDS}, got {backend!r}")
     numba_ok = features.device.type == "cpu" and features.dtype in (torch.float32, torch.float64)
+    triton_ok = features.device.type == "cuda" or (features.device.type == "cpu" and triton_interpreted())
     if backend == "numba":
         if not numba_ok:
             raise CsaError(
@@ -97,9 +129,25 @@ def resolve_backend(backend: str, features: Tensor) -> str:
         if not numba_available():
             raise CsaError("the numba CSA backend needs numba: pip install numba, or use backend='torch'")
         return "numba"
-    if backend == "auto" and numba_ok and numba_available():
-        return "numba"
+    if backend == "triton":
+        if not triton_ok:
+            raise CsaError(
+                f"the triton CSA backend runs on CUDA tensors (or on CPU under TRITON_INTERPRET=1), got "
+                f"{features.device}: use backend='auto'"
+            )
+        _triton_kernels()
+        return "triton"
+    if backend == "auto":
+        if numba_ok and numba_available():
+            return "numba"
+        if features.device.type == "cuda" and _TRITON_WORKS and triton_available():
+            return "triton"
     return "torch"
+
+
+# Set to False when the Triton kernels fail to compile or launch on this machine: "auto" then
+# falls back to the torch backend (with a warning) instead of failing the user's run.
+_TRITON_WORKS = True
 
 
 # --- shared pieces ----------------------------------------------------------------------
@@ -290,6 +338,78 @@ def _torch_backward(
     return dq, dsrc
 
 
+# --- the triton backend: CUDA, no host-device sync -------------------------------------------
+
+
+def _triton_forward(x: Tensor, mask: Tensor, stable: bool) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """x: N x C x HW. Returns (output N x C x HW, tensors for the backward).
+
+    Buffers are sized by HW, not by the largest hole count, so that nothing is read back.
+    """
+    kern = _triton_kernels()
+    n, c, hw = x.shape
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xt = x.transpose(1, 2).to(work).contiguous()  # N x HW x C: a position's feature is a row
+    hole = mask.reshape(n, hw) > 0.5
+    nh = hole.sum(dim=1)
+    # Holes first, then known positions, each in raster order: every position's rank comes from
+    # a running count (a scatter, no sort), so nothing depends on a count read back.
+    known = ~hole
+    rank = torch.where(hole, hole.cumsum(dim=1) - 1, nh[:, None] + known.cumsum(dim=1) - 1)
+    order = torch.empty_like(rank).scatter_(1, rank, torch.arange(hw, device=x.device).expand(n, hw))
+    unit = xt / (torch.linalg.vector_norm(xt, dim=2, keepdim=True) + EPS)
+    dmax = xt.new_zeros(n, hw)
+    arg = torch.zeros(n, hw, dtype=torch.long, device=x.device)
+    kern.search(xt, unit, order, nh, dmax, arg)
+    del unit
+    src = order.gather(1, (nh[:, None] + arg).clamp(max=hw - 1))  # rows past a sample's holes: unused
+    out = xt.clone()
+    stats = xt.new_zeros(n, hw, 8)
+    kern.forward(xt, out, order, src, nh, dmax, stats, stable)
+    return out.transpose(1, 2).to(x.dtype), (xt, out, order, src, nh, dmax, stats)
+
+
+def _triton_backward(grad_out: Tensor, saved: tuple[Tensor, ...], stable: bool) -> Tensor:
+    """grad_out: N x C x HW. Returns the features' gradient, N x C x HW."""
+    xt, out, order, src, nh, dmax, stats = saved
+    gt = grad_out.transpose(1, 2).to(xt.dtype).contiguous()
+    gin = gt.clone()
+    _triton_kernels().backward(gt, gin, xt, out, order, src, nh, dmax, stats, stable)
+    return gin.transpose(1, 2).to(grad_out.dtype)
+
+
+def _triton_self_check(device: torch.device, mode: str) -> bool:
+    """Run the Triton kernels once on a small problem against the torch backend.
+
+    Triton compiles on first use; a GPU or Triton version the kernels do not suit should cost
+    the user a warning and the slower torch backend, not a failed run.
+    """
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 16, 6, 7, generator=gen) + 0.1
+    mask = torch.zeros(2, 1, 6, 7)
+    mask[0, :, 1:4, 2:6] = 1
+    mask[1, :, 5, :] = 1
+    x, mask = x.to(device), mask.to(device)
+    weight = torch.rand(x.shape, generator=gen).to(device)
+    results = []
+    try:
+        for backend in ("triton", "torch"):
+            xr = x.clone().requires_grad_()
+            out = _FastCSA.apply(xr, mask, mode, backend, "auto", SEARCH_CHUNK_ELEMENTS)
+            (out * weight).sum().backward()
+            results.append((out.detach(), xr.grad))
+        ok = all(torch.allclose(a, b, rtol=1e-3, atol=1e-4) for a, b in zip(*results))
+        problem = "results differ from the torch backend"
+    except Exception as exc:  # compile or launch failure
+        ok, problem = False, f"{type(exc).__name__}: {exc}"
+    if not ok:
+        warnings.warn(f"the Triton CSA kernels do not work here ({problem}); using the torch backend", stacklevel=3)
+    return ok
+
+
+_TRITON_CHECKED: set[tuple[str, str]] = set()
+
+
 # --- the autograd function ------------------------------------------------------------------
 
 
@@ -299,6 +419,11 @@ class _FastCSA(torch.autograd.Function):
         n, c, h, w = features.shape
         hw = h * w
         x = features.detach().contiguous().view(n, c, hw)
+        if backend == "triton":
+            out, saved = _triton_forward(x, mask.detach(), mode == "stable")
+            ctx.meta = (mode, backend, None, (n, c, h, w))
+            ctx.save_for_backward(*saved)
+            return out.reshape(n, c, h, w)
         if backend == "numba":
             kern = _numba_kernels()
             flat = mask.detach().reshape(n, hw)
@@ -368,6 +493,9 @@ class _FastCSA(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Optional[Tensor], ...]:
         mode, backend, length, (n, c, h, w) = ctx.meta
         none = (None,) * 5
+        if backend == "triton":
+            gi = _triton_backward(grad_out.reshape(n, c, h * w), ctx.saved_tensors, mode == "stable")
+            return (gi.reshape(n, c, h, w),) + none
         if length == 0:
             return (grad_out.clone(),) + none
         hole_pos, src, nh, valid, dmax, q, s, g, stats = ctx.saved_tensors
@@ -424,5 +552,13 @@ def csa_fast(
         )
     if chunk_elements < 1:
         raise CsaError(f"chunk_elements must be positive, got {chunk_elements}")
+    global _TRITON_WORKS
     chosen = resolve_backend(backend, features)
+    if chosen == "triton" and backend == "auto":
+        key = (str(features.device), mode)
+        if key not in _TRITON_CHECKED:
+            _TRITON_CHECKED.add(key)
+            _TRITON_WORKS = _TRITON_WORKS and _triton_self_check(features.device, mode)
+        if not _TRITON_WORKS:
+            chosen = "torch"
     return _FastCSA.apply(features, mask.to(features.device), mode, chosen, search, int(chunk_elements))
