@@ -350,6 +350,13 @@ def test_import_csa_stays_light():
     assert done.stdout.strip()
 
 
+def test_architecture_names_are_the_generator_functions():
+    import csa
+
+    assert csa.load_model is csa.load_generator and csa.build_model is csa.build_generator
+    assert {"load_model", "build_model"} <= set(csa.__all__)
+
+
 def test_crop_boxes_without_scipy_is_one_crop_around_all(monkeypatch):
     monkeypatch.setitem(sys.modules, "scipy", None)  # import fails
     hole = np.zeros((1000, 1000), dtype=bool)
