@@ -366,7 +366,9 @@ def _triton_forward(x: Tensor, mask: Tensor, stable: bool) -> tuple[Tensor, tupl
     out = xt.clone()
     stats = xt.new_zeros(n, hw, 8)
     kern.forward(xt, out, order, src, nh, dmax, stats, stable)
-    return out.transpose(1, 2).to(x.dtype), (xt, out, order, src, nh, dmax, stats)
+    # A contiguous copy, not a view of the saved rows: an in-place op on the layer's output
+    # must not touch what the backward reads.
+    return out.transpose(1, 2).to(x.dtype).contiguous(), (xt, out, order, src, nh, dmax, stats)
 
 
 def _triton_backward(grad_out: Tensor, saved: tuple[Tensor, ...], stable: bool) -> Tensor:
@@ -375,7 +377,7 @@ def _triton_backward(grad_out: Tensor, saved: tuple[Tensor, ...], stable: bool) 
     gt = grad_out.transpose(1, 2).to(xt.dtype).contiguous()
     gin = gt.clone()
     _triton_kernels().backward(gt, gin, xt, out, order, src, nh, dmax, stats, stable)
-    return gin.transpose(1, 2).to(grad_out.dtype)
+    return gin.transpose(1, 2).to(grad_out.dtype).contiguous()
 
 
 def _triton_self_check(device: torch.device, mode: str) -> bool:
