@@ -103,6 +103,19 @@ def test_gradcheck_float64(mode: str, backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["official", "stable"])
+def test_one_two_and_three_holes(mode: str, backend: str) -> None:
+    # The shortest recurrences: the kernels' first steps and their look-ahead loads at the edges.
+    mask = torch.zeros(3, 1, 5, 6)
+    mask[0, :, 4, 5] = 1  # one hole, the last position
+    mask[1, :, 0, 0:2] = 1  # two, the first positions
+    mask[2, :, 2, 1] = 1
+    mask[2, :, 3, 4:6] = 1  # three, over two rows
+    feats = features_with_margin(mask, 7, torch.float64, positive=mode == "official", seed=4)
+    compare(feats, mask, mode, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_samples_without_holes(backend: str) -> None:
     mask = batch_masks()
     mask[1] = 0  # one sample of the batch has no hole

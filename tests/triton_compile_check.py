@@ -47,8 +47,10 @@ def main(archs: list[int]) -> None:
     for arch in archs:
         for dt in ("fp32", "fp64"):
             for fn, sig, consts in signatures(dt):
+                # The recurrences launch with the warp count the module picks for their block.
+                warps = kernels._recurrence_warps(consts["BC"]) if "BC" in consts else 4
                 compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts),
-                                          target=GPUTarget("cuda", arch, 32))
+                                          target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
                 assert compiled.asm.get("cubin"), f"no machine code for {fn.__name__} on sm_{arch}"
                 print(f"sm_{arch} {dt} {fn.__name__} {consts}: ok")
 

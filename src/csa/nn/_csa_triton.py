@@ -80,7 +80,12 @@ def _forward_kernel(
     HW, C,
     STABLE: tl.constexpr, BC: tl.constexpr,
 ):
-    """Program n: the generate recurrence over sample n's holes, written into out (rows)."""
+    """Program n: the generate recurrence over sample n's holes, written into out (rows).
+
+    Software-pipelined: while step j computes, the rows of step j + 1 and the positions of
+    step j + 2 are already being loaded (a step's loads do not depend on the previous
+    output, only its arithmetic does), so each step waits on its arithmetic alone.
+    """
     n = tl.program_id(0).to(tl.int64)
     m = tl.load(nh_ptr + n)
     offs = tl.arange(0, BC)
@@ -88,19 +93,32 @@ def _forward_kernel(
     base = n * HW * C
     row = n * HW
     if m > 0:
+        last = m - 1
         p0 = tl.load(order_ptr + row)
         g = tl.load(xt_ptr + base + tl.load(src_ptr + row) * C + offs, mask=cm, other=0.0)
         tl.store(out_ptr + base + p0 * C + offs, g, mask=cm)
+        # Step 1's rows; step 2's positions (indices clamp to the last hole: loads stay in bounds).
+        j1 = tl.minimum(1, last)
+        p = tl.load(order_ptr + row + j1)
+        qv = tl.load(xt_ptr + base + p * C + offs, mask=cm, other=0.0)
+        sv = tl.load(xt_ptr + base + tl.load(src_ptr + row + j1) * C + offs, mask=cm, other=0.0)
+        dm = tl.load(dmax_ptr + row + j1)
+        j2 = tl.minimum(2, last)
+        p_next = tl.load(order_ptr + row + j2)
+        sp_next = tl.load(src_ptr + row + j2)
         for j in range(1, m):
-            p = tl.load(order_ptr + row + j)
-            sp = tl.load(src_ptr + row + j)
-            qv = tl.load(xt_ptr + base + p * C + offs, mask=cm, other=0.0)
-            sv = tl.load(xt_ptr + base + sp * C + offs, mask=cm, other=0.0)
+            # Loads for later steps first: they overlap this step's arithmetic.
+            q_next = tl.load(xt_ptr + base + p_next * C + offs, mask=cm, other=0.0)
+            s_next = tl.load(xt_ptr + base + sp_next * C + offs, mask=cm, other=0.0)
+            dm_next = tl.load(dmax_ptr + row + tl.minimum(j + 1, last))
+            j_far = tl.minimum(j + 2, last)
+            p_far = tl.load(order_ptr + row + j_far)
+            sp_far = tl.load(src_ptr + row + j_far)
+
             raw = tl.sum(g * qv, axis=0)
             qn = tl.sqrt(tl.sum(qv * qv, axis=0))
             gn = tl.sqrt(tl.sum(g * g, axis=0))
             kn = tl.sqrt(tl.sum(sv * sv, axis=0))
-            dm = tl.load(dmax_ptr + row + j)
             if STABLE:
                 dad = raw / ((qn + EPS) * (gn + EPS))
                 dmx = dm / (qn + EPS)
@@ -129,6 +147,9 @@ def _forward_kernel(
             tl.store(st + 6, gn)
             tl.store(st + 7, kn)
 
+            p, qv, sv, dm = p_next, q_next, s_next, dm_next
+            p_next, sp_next = p_far, sp_far
+
 
 @triton.jit
 def _backward_kernel(
@@ -139,6 +160,9 @@ def _backward_kernel(
     """Program n: the reverse recurrence. gin starts as a copy of gt (the output's gradient,
     rows); hole rows are overwritten with their features' gradient, and the chosen known
     rows get the copies' and Dmax's gradients added (atomically: holes share sources).
+
+    Pipelined like the forward: step j - 1's rows and step j - 2's positions load while
+    step j computes.
     """
     n = tl.program_id(0).to(tl.int64)
     m = tl.load(nh_ptr + n)
@@ -148,11 +172,27 @@ def _backward_kernel(
     row = n * HW
     if m > 0:
         carry = tl.zeros([BC], dtype=xt_ptr.dtype.element_ty)
+        # Step j = m - 1 needs p_j, p_{j-1}, s_j and their rows; then p_{j-2}, s_{j-1} ahead.
+        j = m - 1
+        p = tl.load(order_ptr + row + j)
+        pp = tl.load(order_ptr + row + tl.maximum(j - 1, 0))
+        sp = tl.load(src_ptr + row + j)
+        g_prev = tl.load(out_ptr + base + pp * C + offs, mask=cm, other=0.0)
+        qv = tl.load(xt_ptr + base + p * C + offs, mask=cm, other=0.0)
+        sv = tl.load(xt_ptr + base + sp * C + offs, mask=cm, other=0.0)
+        go = tl.load(gt_ptr + base + p * C + offs, mask=cm, other=0.0)
+        ppp = tl.load(order_ptr + row + tl.maximum(j - 2, 0))
+        sp_next = tl.load(src_ptr + row + tl.maximum(j - 1, 0))
         for jj in range(0, m - 1):
             j = m - 1 - jj
-            p = tl.load(order_ptr + row + j)
-            pp = tl.load(order_ptr + row + j - 1)
-            sp = tl.load(src_ptr + row + j)
+            # Step j - 1's rows (its positions: pp, ppp, sp_next) and step j - 2's positions.
+            g_prev_next = tl.load(out_ptr + base + ppp * C + offs, mask=cm, other=0.0)
+            q_next = tl.load(xt_ptr + base + pp * C + offs, mask=cm, other=0.0)
+            s_next = tl.load(xt_ptr + base + sp_next * C + offs, mask=cm, other=0.0)
+            go_next = tl.load(gt_ptr + base + pp * C + offs, mask=cm, other=0.0)
+            p_far = tl.load(order_ptr + row + tl.maximum(j - 3, 0))
+            sp_far = tl.load(src_ptr + row + tl.maximum(j - 2, 0))
+
             st = stats_ptr + (row + j) * 8
             a = tl.load(st + 0)
             b = tl.load(st + 1)
@@ -162,10 +202,8 @@ def _backward_kernel(
             qn = tl.load(st + 5)
             gn = tl.load(st + 6)
             kn = tl.load(st + 7)
-            g_prev = tl.load(out_ptr + base + pp * C + offs, mask=cm, other=0.0)
-            qv = tl.load(xt_ptr + base + p * C + offs, mask=cm, other=0.0)
-            sv = tl.load(xt_ptr + base + sp * C + offs, mask=cm, other=0.0)
-            gbar = tl.load(gt_ptr + base + p * C + offs, mask=cm, other=0.0) + carry
+            raw_dmax = tl.load(dmax_ptr + row + j)
+            gbar = go + carry
             # a = Dad/tot and b = Dmax/tot enter only through dL/da - dL/db = <gbar, g_{j-1} - s_j>.
             diff = tl.sum(gbar * (g_prev - sv), axis=0)
             if STABLE:
@@ -181,7 +219,6 @@ def _backward_kernel(
             ke = kn + EPS
             rq = tl.where(qn > 0.0, 1.0 / tl.where(qn > 0.0, qn, 1.0), 0.0)  # d|v|/dv taken as 0 at v = 0
             rk = tl.where(kn > 0.0, 1.0 / tl.where(kn > 0.0, kn, 1.0), 0.0)
-            raw_dmax = tl.load(dmax_ptr + row + j)
             if STABLE:
                 ge = gn + EPS
                 rg = tl.where(gn > 0.0, 1.0 / tl.where(gn > 0.0, gn, 1.0), 0.0)
@@ -203,12 +240,23 @@ def _backward_kernel(
             tl.store(gin_ptr + base + p * C + offs, dq_g * g_prev + dq_q * qv + dq_s * sv, mask=cm)
             tl.atomic_add(gin_ptr + base + sp * C + offs, b * gbar + ds_q * qv + ds_s * sv, mask=cm)
             carry = a * gbar + carry_q * qv + carry_g * g_prev
+
+            p, sp = pp, sp_next
+            pp = ppp
+            g_prev, qv, sv, go = g_prev_next, q_next, s_next, go_next
+            ppp, sp_next = p_far, sp_far
         p0 = tl.load(order_ptr + row)
         s0 = tl.load(src_ptr + row)
         gbar0 = tl.load(gt_ptr + base + p0 * C + offs, mask=cm, other=0.0) + carry
         # The first hole copies its source: its own feature gets no gradient.
         tl.store(gin_ptr + base + p0 * C + offs, tl.zeros([BC], dtype=xt_ptr.dtype.element_ty), mask=cm)
         tl.atomic_add(gin_ptr + base + s0 * C + offs, gbar0, mask=cm)
+
+
+def _recurrence_warps(block_c: int) -> int:
+    """One warp for up to 512 channels: the per-step sums then reduce with warp shuffles
+    alone (no shared memory, no barrier), which is what bounds a sequential step."""
+    return max(1, min(8, block_c // 512))
 
 
 def search(xt, ku, order, nh, dmax, arg) -> None:
@@ -224,13 +272,17 @@ def search(xt, ku, order, nh, dmax, arg) -> None:
 
 def forward(xt, out, order, src, nh, dmax, stats, stable: bool) -> None:
     n, hw, c = xt.shape
+    block_c = triton.next_power_of_2(c)
     _forward_kernel[(n,)](
-        xt, out, order, src, nh, dmax, stats, hw, c, STABLE=stable, BC=triton.next_power_of_2(c),
+        xt, out, order, src, nh, dmax, stats, hw, c, STABLE=stable, BC=block_c,
+        num_warps=_recurrence_warps(block_c),
     )
 
 
 def backward(gt, gin, xt, out, order, src, nh, dmax, stats, stable: bool) -> None:
     n, hw, c = xt.shape
+    block_c = triton.next_power_of_2(c)
     _backward_kernel[(n,)](
-        gt, gin, xt, out, order, src, nh, dmax, stats, hw, c, STABLE=stable, BC=triton.next_power_of_2(c),
+        gt, gin, xt, out, order, src, nh, dmax, stats, hw, c, STABLE=stable, BC=block_c,
+        num_warps=_recurrence_warps(block_c),
     )
