@@ -387,11 +387,18 @@ def _triton_self_check(device: torch.device, mode: str) -> bool:
     the user a warning and the slower torch backend, not a failed run.
     """
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(2, 16, 6, 7, generator=gen) + 0.1
+    x = torch.rand(2, 16, 6 * 7, generator=gen) + 0.1
     mask = torch.zeros(2, 1, 6, 7)
     mask[0, :, 1:4, 2:6] = 1
     mask[1, :, 5, :] = 1
-    x, mask = x.to(device), mask.to(device)
+    # Each hole feature is a scaled, slightly perturbed copy of one known feature, so that its
+    # best match wins by a clear margin and rounding cannot change an argmax.
+    for i in range(2):
+        hole = mask[i].flatten() > 0.5
+        known = (~hole).nonzero().flatten()
+        for k, p in enumerate(hole.nonzero().flatten().tolist()):
+            x[i, :, p] = 0.7 * x[i, :, known[(7 * k) % len(known)]] + 0.01 * torch.rand(16, generator=gen)
+    x, mask = x.view(2, 16, 6, 7).to(device), mask.to(device)
     weight = torch.rand(x.shape, generator=gen).to(device)
     results = []
     try:
