@@ -236,14 +236,16 @@ def test_sigterm_saves_a_checkpoint_and_exits_130(files, tmp_path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     try:
-        deadline = time.monotonic() + 60
+        # A safety net, not a timing check: the first step of a fresh clone compiles the numba
+        # kernels, and on a loaded 2-core machine that took over 60 s once.
+        deadline = time.monotonic() + 300
         scalars = out / "scalars.jsonl"
         while not (scalars.is_file() and scalars.read_text().count("\n") >= 1):
             assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "training did not start within 60 s"
+            assert time.monotonic() < deadline, "training did not start within 300 s"
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
