@@ -317,6 +317,10 @@ def test_triton_backend_reads_nothing_back_from_the_device(monkeypatch: pytest.M
 @needs_triton
 def test_triton_self_check_falls_back_to_torch_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     assert fast_attention._triton_self_check(torch.device("cpu"), "stable")
+    with torch.inference_mode():  # as `csa inpaint` first calls the layer: the check still runs
+        assert fast_attention._triton_self_check(torch.device("cpu"), "official")
+    with torch.no_grad():
+        assert fast_attention._triton_self_check(torch.device("cpu"), "stable")
 
     class Broken:
         def __getattr__(self, name):

@@ -384,8 +384,15 @@ def _triton_self_check(device: torch.device, mode: str) -> bool:
     """Run the Triton kernels once on a small problem against the torch backend.
 
     Triton compiles on first use; a GPU or Triton version the kernels do not suit should cost
-    the user a warning and the slower torch backend, not a failed run.
+    the user a warning and the slower torch backend, not a failed run. The check runs with
+    gradients on and autocast off, whatever mode the caller is in (inference runs under
+    torch.inference_mode, training under autocast).
     """
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+        return _triton_self_check_body(device, mode)
+
+
+def _triton_self_check_body(device: torch.device, mode: str) -> bool:
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(2, 16, 6 * 7, generator=gen) + 0.1
     mask = torch.zeros(2, 1, 6, 7)
@@ -412,7 +419,7 @@ def _triton_self_check(device: torch.device, mode: str) -> bool:
     except Exception as exc:  # compile or launch failure
         ok, problem = False, f"{type(exc).__name__}: {exc}"
     if not ok:
-        warnings.warn(f"the Triton CSA kernels do not work here ({problem}); using the torch backend", stacklevel=3)
+        warnings.warn(f"the Triton CSA kernels do not work here ({problem}); using the torch backend", stacklevel=4)
     return ok
 
 
