@@ -47,6 +47,10 @@ MODES = ("official", "stable")
 
 _NUMBA: Any = None  # the compiled-kernel module, imported on first use; False if it cannot be
 _TRITON: Any = None  # likewise for the Triton kernels
+# The Triton kernels' self-check (see _triton_self_check): the (device, mode) pairs checked so
+# far, and whether every check passed. After a failure "auto" uses the torch backend.
+_TRITON_CHECKED: set[tuple[str, str]] = set()
+_TRITON_WORKS = True
 
 # Per-thread CPU work buffers (keys, scores, backward temporaries) kept between calls: a
 # training loop calls the layer with the same shapes every step, and fresh multi-MiB
@@ -143,11 +147,6 @@ def resolve_backend(backend: str, features: Tensor) -> str:
         if features.device.type == "cuda" and _TRITON_WORKS and triton_available():
             return "triton"
     return "torch"
-
-
-# Set to False when the Triton kernels fail to compile or launch on this machine: "auto" then
-# falls back to the torch backend (with a warning) instead of failing the user's run.
-_TRITON_WORKS = True
 
 
 # --- shared pieces ----------------------------------------------------------------------
@@ -421,9 +420,6 @@ def _triton_self_check_body(device: torch.device, mode: str) -> bool:
     if not ok:
         warnings.warn(f"the Triton CSA kernels do not work here ({problem}); using the torch backend", stacklevel=4)
     return ok
-
-
-_TRITON_CHECKED: set[tuple[str, str]] = set()
 
 
 # --- the autograd function ------------------------------------------------------------------
