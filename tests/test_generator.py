@@ -84,3 +84,75 @@ def test_a_mask_of_the_wrong_shape_names_both_shapes(tiny) -> None:
 def test_sides_must_be_multiples_of_256(tiny) -> None:
     with pytest.raises(CsaError, match="multiples of 256"):
         tiny(torch.zeros(1, 3, 200, 256), torch.zeros(1, 1, 200, 256))
+
+
+# --- options beyond the paper: smooth hole fill, mask channel -------------------------------
+
+
+def test_smooth_fill_keeps_known_pixels_and_fills_a_flat_image_exactly() -> None:
+    from csa.nn.generator import smooth_fill
+
+    hole = centre_mask() > 0.5
+    hole[:, :, 5:8, :] = True  # and a thin stroke across the image
+    flat = torch.full((1, 3, 256, 256), 0.3)
+    torch.testing.assert_close(smooth_fill(flat, hole), flat)
+    image = torch.rand(2, 3, 256, 512) * 2 - 1  # non-square: the pyramid stops at the short side
+    hole2 = torch.zeros(2, 1, 256, 512, dtype=torch.bool)
+    hole2[:, :, 100:140, 300:400] = True
+    filled = smooth_fill(image, hole2)
+    assert torch.equal(filled[~hole2.expand_as(image)], image[~hole2.expand_as(image)])
+    # A convex blend of known colours: inside the known range, and smooth (no noise of its own).
+    inside = filled[hole2.expand_as(image)]
+    assert image.min() <= inside.min() and inside.max() <= image.max()
+    assert inside.std() < image.std() / 4
+
+
+def test_smooth_fill_follows_the_colour_beside_a_thin_stroke() -> None:
+    from csa.nn.generator import smooth_fill
+
+    image = torch.full((1, 3, 256, 256), -0.5)
+    image[:, :, :, 128:] = 0.5  # two flat halves; a stroke well inside each
+    hole = torch.zeros(1, 1, 256, 256, dtype=torch.bool)
+    hole[:, :, 100:104, 20:60] = True
+    hole[:, :, 100:104, 190:230] = True
+    filled = smooth_fill(image, hole)
+    torch.testing.assert_close(filled[:, :, 100:104, 20:60], torch.full((1, 3, 4, 40), -0.5), atol=0.02, rtol=0)
+    torch.testing.assert_close(filled[:, :, 100:104, 190:230], torch.full((1, 3, 4, 40), 0.5), atol=0.02, rtol=0)
+
+
+@pytest.mark.parametrize("options", [{"hole_fill": "smooth"}, {"mask_channel": True},
+                                     {"hole_fill": "smooth", "mask_channel": True}])
+def test_the_options_keep_the_generator_contract(options) -> None:
+    model = build_generator(ModelConfig(rough_ngf=4, refine_ngf=4, **options)).eval()
+    extra = int(options.get("mask_channel", False))
+    assert model.rough.model.model[0].in_channels == 3 + extra
+    assert model.refine.model.model[0].in_channels == 6 + extra
+    image = torch.rand(1, 3, 256, 256) * 2 - 1
+    mask = centre_mask()
+    mask[:, :, 5:8, :] = 1
+    poisoned = image.clone()
+    poisoned[mask.expand_as(image) > 0.5] = float("nan")
+    a, b = model(image, mask), model(poisoned, mask)
+    assert torch.isfinite(b.composite).all()
+    torch.testing.assert_close(a.composite, b.composite, rtol=0, atol=0)
+    known = (mask < 0.5).expand_as(image)
+    assert torch.equal(a.composite[known], image[known])
+
+
+def test_an_unknown_hole_fill_is_refused() -> None:
+    with pytest.raises(CsaError, match="hole_fill"):
+        ModelConfig(hole_fill="zeros")  # type: ignore[arg-type]
+
+
+def test_widening_the_input_for_the_mask_channel_keeps_what_the_model_computes() -> None:
+    from csa.train import widen_input_channels
+
+    torch.manual_seed(0)
+    old = build_generator(ModelConfig(rough_ngf=4, refine_ngf=4)).eval()
+    new = build_generator(ModelConfig(rough_ngf=4, refine_ngf=4, mask_channel=True)).eval()
+    new.load_state_dict(widen_input_channels(old.state_dict(), new.state_dict()), strict=True)
+    image, mask = torch.rand(1, 3, 256, 256) * 2 - 1, centre_mask()
+    torch.testing.assert_close(new(image, mask).composite, old(image, mask).composite, rtol=0, atol=1e-6)
+    # Weights that already fit pass through untouched; other shapes are left for load_state_dict to refuse.
+    same = widen_input_channels(new.state_dict(), new.state_dict())
+    assert all(torch.equal(same[k], v) for k, v in new.state_dict().items())

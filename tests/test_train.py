@@ -113,6 +113,7 @@ def test_paper_config_is_the_release_recipe() -> None:
     assert (cfg.train.lr, cfg.train.beta1, cfg.train.beta2) == (2e-4, 0.5, 0.999)
     assert (cfg.loss.l1, cfg.loss.consistency, cfg.loss.gan_image, cfg.loss.gan_feature) == (100, 1, 0.2, 0.2)
     assert cfg.data.masks == "centre:120" and cfg.train.epochs == 120
+    assert (cfg.model.hole_fill, cfg.model.mask_channel) == ("release", False)
 
 
 def test_lr_schedule_is_spec_8() -> None:
@@ -289,6 +290,12 @@ def test_init_from_starts_the_generator_alone_from_earlier_weights(files, three_
         assert all(torch.allclose(got[k], v, **tol) if tol else torch.equal(got[k], v) for k, v in source.items())
     fresh = Trainer(Config.load(TINY).with_overrides([f"loss.vgg_weights={files['vgg']}"]), progress=False)
     assert not all(torch.equal(fresh.generator.state_dict()[k], v) for k, v in source.items())
+    # A model with the mask channel starts from one without: the new input weights start at zero.
+    widened = Trainer(Config.load(TINY).with_overrides([f"loss.vgg_weights={files['vgg']}", f"train.init_from={half}",
+                                                        "model.mask_channel=true"]), progress=False)
+    first = "rough.model.model.0.weight"
+    assert widened.generator.state_dict()[first].shape[1] == source[first].shape[1] + 1
+    assert not widened.generator.state_dict()[first][:, -1].any()
     # A missing source or one of another model size is refused before any step, naming the key.
     assert cli(*tiny_args(files, tmp_path / "r1", "--set", f"train.init_from={tmp_path / 'nowhere'}")) == 2
     assert "train.init_from" in capsys.readouterr().err

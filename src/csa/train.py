@@ -223,6 +223,22 @@ def read_generator_weights(path: PathLike) -> dict[str, Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
 
 
+def widen_input_channels(weights: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Zero-pad conv weights that have fewer input channels than ``target``'s (dim 1).
+
+    Starting a ``model.mask_channel`` model from one without: the new channel's weights
+    start at zero, so the widened model computes exactly what the old one did.
+    """
+    out = dict(weights)
+    for key, w in weights.items():
+        t = target.get(key)
+        if t is None or w.dim() != 4 or t.dim() != 4 or w.shape[1] >= t.shape[1]:
+            continue
+        if w.shape[0] == t.shape[0] and w.shape[2:] == t.shape[2:]:
+            out[key] = torch.cat([w, w.new_zeros(w.shape[0], t.shape[1] - w.shape[1], *w.shape[2:])], dim=1)
+    return out
+
+
 def resolve_checkpoint(path: PathLike) -> Path:
     """A checkpoint folder from a checkpoint folder, a file inside one, or a run folder (its latest)."""
     p = Path(path)
@@ -478,7 +494,8 @@ class Trainer:
         self.generator: CSAGenerator = build_generator(dataclasses.replace(config.model)).to(self.device)
         if t.init_from:
             try:
-                self.generator.load_state_dict(read_generator_weights(t.init_from), strict=True)
+                self.generator.load_state_dict(
+                    widen_input_channels(read_generator_weights(t.init_from), self.generator.state_dict()), strict=True)
             except RuntimeError as exc:
                 raise CsaError(f"train.init_from: {t.init_from} does not fit the config's model section "
                                f"({str(exc)[:300]})") from None

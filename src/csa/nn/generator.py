@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ModelConfig
@@ -195,6 +196,29 @@ class RefineOutermost(nn.Module):
 # --- the two-stage generator ------------------------------------------------------------
 
 
+def smooth_fill(image: Tensor, hole: Tensor) -> Tensor:
+    """``image`` with its hole filled by a smooth blend of the known colours (push-pull).
+
+    Known pixels are averaged down a pyramid (each level weighted by how much of it is
+    known), then each level's gaps are filled from the level above on the way up: a thin
+    stroke gets its neighbours' colours, a large hole a blurred extension of its border.
+    ``hole`` is a boolean N x 1 x H x W; the image must have a known pixel.
+    """
+    known = (~hole).to(image.dtype)
+    # where, not a product: NaN or garbage in the hole must not reach the sums
+    sums, weights = [torch.where(hole, torch.zeros_like(image), image)], [known]
+    while min(sums[-1].shape[-2:]) > 1:
+        sums.append(F.avg_pool2d(sums[-1], 2))
+        weights.append(F.avg_pool2d(weights[-1], 2))
+    total = weights[-1].sum(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+    est = (sums[-1].sum(dim=(2, 3), keepdim=True) / total).expand_as(sums[-1])
+    for level_sum, level_weight in zip(reversed(sums[:-1]), reversed(weights[:-1])):
+        up = F.interpolate(est, size=level_sum.shape[-2:], mode="bilinear", align_corners=False)
+        # level_sum / weight is the known mean; weighted by how known the cell is:
+        est = level_sum + up * (1.0 - level_weight)
+    return torch.where(hole, est, image)
+
+
 class GeneratorOutput(NamedTuple):
     rough: Tensor  # rough stage output, N x 3 x H x W
     refined: Tensor  # refine stage output (no activation), N x 3 x H x W
@@ -228,9 +252,10 @@ class CSAGenerator(nn.Module):
     def __init__(self, config: Optional[ModelConfig] = None) -> None:
         super().__init__()
         self.config = config or ModelConfig()
-        self.rough = RoughUNet(self.config.rough_ngf)
-        self.refine = RefineUNet(self.config.refine_ngf, mode=self.config.csa_mode)
-        self.register_buffer("hole_fill", torch.tensor(HOLE_FILL).view(1, 3, 1, 1), persistent=False)
+        extra = int(self.config.mask_channel)
+        self.rough = RoughUNet(self.config.rough_ngf, in_channels=3 + extra)
+        self.refine = RefineUNet(self.config.refine_ngf, in_channels=6 + extra, mode=self.config.csa_mode)
+        self.register_buffer("fill_colour", torch.tensor(HOLE_FILL).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, image: Tensor, mask: Tensor) -> GeneratorOutput:
         check_inputs(image, mask)
@@ -238,12 +263,17 @@ class CSAGenerator(nn.Module):
         mask_feat = feature_mask(hole.to(image.dtype), CSA_DOWNSAMPLINGS)
         check_known_positions(mask_feat)
 
-        rough = self.rough(torch.where(hole, self.hole_fill.to(image.dtype), image))
+        if self.config.hole_fill == "smooth":
+            filled = smooth_fill(image, hole)
+        else:
+            filled = torch.where(hole, self.fill_colour.to(image.dtype), image)
+        mask_in = [hole.to(image.dtype)] if self.config.mask_channel else []
+        rough = self.rough(torch.cat([filled, *mask_in], 1))
         coarse = torch.where(hole, rough, image)
         if self.config.detach_rough:
             coarse = coarse.detach()
         zero_hole = torch.where(hole, torch.zeros_like(image), image)
-        refined, tap_enc, tap_dec = self.refine(torch.cat([coarse, zero_hole], 1), mask_feat)
+        refined, tap_enc, tap_dec = self.refine(torch.cat([coarse, zero_hole, *mask_in], 1), mask_feat)
         composite = torch.where(hole, refined.clamp(-1.0, 1.0), image)
         return GeneratorOutput(rough, refined, composite, tap_enc, tap_dec)
 
