@@ -42,7 +42,7 @@ def test_smooth_image_is_filled_smoothly():
     image = np.stack([np.tile(ramp, (48, 1))] * 3, axis=2).astype(np.uint8)
     mask = np.zeros((48, 48), bool)
     mask[16:32, 16:32] = True
-    for name in ("telea", "ns", "biharmonic"):
+    for name in ("telea", "ns", "biharmonic", "smooth"):
         out = baselines.get_method(name)(image, mask)
         assert np.abs(out[mask].astype(int) - image[mask]).mean() < 12, name
     # biharmonic reproduces a linear function almost exactly

@@ -13,6 +13,9 @@ known pixel equal to the input's (composited here, so no method can touch them).
                 patch radius 3 (7x7 patches, the package's examples and IOPaint), with
                 the random search seeded before every call so equal inputs give equal
                 outputs.
+``smooth``      the CSA generator's own input fill (``csa.nn.generator.smooth_fill``,
+                a multigrid harmonic fill) alone, with no network: it shows what a
+                model with ``model.hole_fill=smooth`` adds to its starting point.
 ==============  ====================================================================
 
 OpenCV's two methods treat the colour channels alike, so RGB is passed as it is.
@@ -116,12 +119,30 @@ def patchmatch(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return composite(out, image, mask)
 
 
+def smooth(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The generator's smooth input fill alone (multigrid relaxation), rounded to uint8."""
+    import torch
+
+    from .nn.generator import smooth_fill
+
+    image, mask = check_inputs(image, mask)
+    if not mask.any():
+        return image.copy()
+    if mask.all():
+        raise CsaError("the smooth fill needs some known pixels: the mask covers the whole image")
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    with torch.inference_mode():
+        out = smooth_fill(x, torch.from_numpy(mask)[None, None])[0].permute(1, 2, 0).numpy()
+    return composite(np.clip(np.rint(out), 0, 255).astype(np.uint8), image, mask)
+
+
 #: Every classical baseline by name.
 BASELINES: dict[str, InpaintFn] = {
     "telea": telea,
     "ns": ns,
     "biharmonic": biharmonic,
     "patchmatch": patchmatch,
+    "smooth": smooth,
 }
 
 

@@ -66,7 +66,7 @@ def evaluate(
     images: Path = typer.Option(..., "--images", help="folder of ground-truth images"),
     masks: str = typer.Option(..., "--masks", help="a mask kind (e.g. centre:128, freeform) or a folder of masks"),
     method: list[str] = typer.Option(
-        ..., "--method", help="telea, ns, biharmonic, patchmatch, csa (bundled model) or a weights file; repeat it"
+        ..., "--method", help="telea, ns, biharmonic, patchmatch, smooth, csa (bundled model) or a weights file; repeat it"
     ),
     out: Path = typer.Option(..., "--out", help="folder for summary.json, per_image.csv, results.md, charts/, grid.png"),
     size: int = typer.Option(256, "--size", help="images are brought to size x size"),
@@ -209,7 +209,7 @@ def inpaint(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto"),
     strategy: Optional[str] = typer.Option(
         None, "--strategy", help="resize, crop or native (default: resize up to the model's size, crop above)"),
-    method: str = typer.Option("csa", "--method", help="csa (the model) or a classical baseline: telea, ns, biharmonic, patchmatch"),
+    method: str = typer.Option("csa", "--method", help="csa (the model) or a classical baseline: telea, ns, biharmonic, patchmatch, smooth"),
     invert: bool = typer.Option(False, "--invert", help="black = hole instead of white"),
     mask_from_alpha: bool = typer.Option(
         False, "--mask-from-alpha", help="transparent = hole (the mask's alpha; without --mask, the image's own)"),
