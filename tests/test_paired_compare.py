@@ -1,0 +1,53 @@
+"""tools/paired_compare.py: pair wins and a photo-level bootstrap from per_image.csv."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("paired_compare", REPO / "tools" / "paired_compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_csv(path: Path, rows: list[tuple[str, str, float, float]]) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "method", "l1_hole", "psnr_hole"])
+        w.writerows(rows)
+    return path
+
+
+def test_wins_means_and_a_photo_bootstrap(tool, tmp_path) -> None:
+    rows = []
+    for photo, gap in (("a", 0.01), ("b", 0.02), ("c", -0.005)):  # the method is better on a, b; worse on c
+        for k in range(4):
+            rows += [(f"{photo}_c{k}", "m", 0.10 - gap, 20 + 10 * gap), (f"{photo}_c{k}", "x", 0.10, 20.0)]
+    scores = tool.read_scores(write_csv(tmp_path / "p.csv", rows), "l1_hole")
+    r = tool.compare(scores, "m", "x", "l1_hole", "_c", 500, 0)
+    assert (r["pairs"], r["groups"], r["better"]) == (12, 3, 8)
+    assert r["mean_diff"] == pytest.approx(-(0.01 + 0.02 - 0.005) / 3)
+    # Resampling whole photos: the interval lies between the all-"b" and all-"c" draws.
+    assert -0.02 - 1e-9 <= r["ci_low"] < r["mean_diff"] < r["ci_high"] <= 0.005 + 1e-9
+    psnr = tool.compare(tool.read_scores(tmp_path / "p.csv", "psnr_hole"), "m", "x", "psnr_hole", "_c", 500, 0)
+    assert psnr["better"] == 8  # higher is better for PSNR
+
+
+def test_bad_inputs_say_what_to_do(tool, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit, match="per_image.csv"):
+        tool.main([str(tmp_path / "missing.csv"), "--method", "m", "--against", "x"])
+    path = write_csv(tmp_path / "p.csv", [("a_c0", "m", 0.1, 20.0), ("a_c0", "x", 0.1, 20.0)])
+    with pytest.raises(SystemExit, match="no image has scores for both"):
+        tool.main([str(path), "--method", "m", "--against", "y"])
+    with pytest.raises(SystemExit, match="no column 'lpips'"):
+        tool.main([str(path), "--method", "m", "--against", "x", "--metric", "lpips"])
+    assert tool.main([str(path), "--method", "m", "--against", "x"]) == 0
+    assert "| l1_hole | m | x | 1 | 1 |" in capsys.readouterr().out
