@@ -19,6 +19,7 @@ import yaml
 from .errors import CsaError
 
 CsaMode = Literal["official", "stable"]
+HoleFill = Literal["release", "smooth"]
 
 
 @dataclass
@@ -31,13 +32,13 @@ class ModelConfig:
     image_size: int = 256  # the size the model was trained at
     detach_rough: bool = True  # release: no gradient from the refine stage into the rough net
     # Not in the paper (off by default, so released checkpoints load as they were):
-    hole_fill: Literal["release", "smooth"] = "release"  # rough input's hole: a constant colour, or a smooth fill of the known colours
+    hole_fill: HoleFill = "release"  # the rough input's hole: the constant colour, or a smooth fill of the known colours
     mask_channel: bool = False  # both stages also get the hole mask as an input channel
 
     def __post_init__(self) -> None:
         if self.csa_mode not in ("official", "stable"):
             raise CsaError(f"csa_mode must be 'official' or 'stable', got {self.csa_mode!r}")
-        if self.hole_fill not in ("release", "smooth"):
+        if self.hole_fill not in typing.get_args(HoleFill):
             raise CsaError(f"hole_fill must be 'release' or 'smooth', got {self.hole_fill!r}")
         for name in ("rough_ngf", "refine_ngf"):
             if getattr(self, name) < 1:
