@@ -104,7 +104,7 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list, str]]:
         "pixel bomb": ([tmp / "bomb.png", "-m", mask, "-o", out], "over the limit"),
         "max pixels": ([img, "-m", mask, "-o", out, "--max-pixels", "1000"], "over the limit"),
         "no output folder": ([img, "-m", mask, "-o", tmp / "missing" / "out.png"], "does not exist"),
-        "unknown format": ([img, "-m", mask, "-o", tmp / "out" / "result.xyz"], "unknown output format"),
+        "unknown format": ([img, "-m", mask, "-o", tmp / "out" / "result.xyz"], "unknown image format (.xyz); use .png"),
         "unknown strategy": ([img, "-m", mask, "-o", out, "--strategy", "tile"], "unknown strategy"),
         "unknown method": ([img, "-m", mask, "-o", out, "--method", "deepfill"], "unknown method"),
         "no mask": ([img, "-o", out], "no mask"),

@@ -246,8 +246,11 @@ def test_mask_leaving_no_known_feature_position_is_refused(inpainter):
 def test_mask_size_must_match_unless_resize_mask(inpainter):
     image = photo(60, 80)
     small = box_hole(30, 40)
-    with pytest.raises(CsaError, match="40x30.*80x60.*--resize-mask"):
+    with pytest.raises(CsaError, match="40x30.*80x60.*resize_mask=True") as err:
         inpainter(image, small)
+    # each interface names the option its own way
+    assert "--resize-mask" in err.value.render("cli")
+    assert "the form field resize_mask=true" in err.value.render("api")
     out = np.asarray(inpainter(image, small, resize_mask=True))
     hole = np.asarray(Image.fromarray(small.astype(np.uint8) * 255).resize((80, 60), Image.Resampling.BILINEAR)) >= 128
     assert_inpainted(out, image, hole)

@@ -231,6 +231,26 @@ def test_size_mismatch_is_400(client, image_arr):
     body = assert_error(client.post("/api/v1/inpaint", files=files(png(image_arr), png(np.full((H, W + 1), 255, np.uint8)))),
                         400, "bad_input")
     assert f"{W}x{H}" in body["detail"]
+    # the hint names the API's own field, not the command line's flag
+    assert "resize_mask=true" in body["detail"] and "--" not in body["detail"]
+
+
+def test_resize_mask_field_scales_the_mask(client, image_arr):
+    half = np.zeros((H // 2, W // 2), np.uint8)
+    half[H // 8: H // 4, W // 8: W // 4] = 255
+    resp = client.post("/api/v1/inpaint", files=files(png(image_arr), png(half)), data={"resize_mask": "true"})
+    assert resp.status_code == 200, resp.text
+    out = np.asarray(Image.open(io.BytesIO(resp.content)))
+    assert out.shape == image_arr.shape
+
+
+def test_unknown_form_field_is_400_naming_the_accepted_ones(client, image_arr, hole):
+    mask = png(np.where(hole, 255, 0).astype(np.uint8))
+    body = assert_error(client.post("/api/v1/inpaint", files=files(png(image_arr), mask), data={"resize-mask": "true"}),
+                        400, "bad_input")
+    assert "'resize-mask'" in body["detail"]
+    for field in ("image", "mask", "invert", "resize_mask", "strategy"):
+        assert field in body["detail"]
 
 
 def test_over_the_pixel_limit_is_413(client):

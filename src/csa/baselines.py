@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import CsaError
+from .extras import require
 
 #: The one signature of every inpainting method the evaluation compares.
 InpaintFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -84,6 +85,7 @@ ns = _opencv("INPAINT_NS")
 
 def biharmonic(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """scikit-image's biharmonic inpainting, per colour channel, rounded back to uint8."""
+    require("eval", "the biharmonic method", ("skimage",))
     from skimage.restoration import inpaint_biharmonic
 
     image, mask = check_inputs(image, mask)
@@ -98,10 +100,9 @@ def biharmonic(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def patchmatch(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """PatchMatch inpainting (pypatchmatch), 7x7 patches, seeded search."""
-    try:
-        import patchmatch as pm
-    except ImportError:
-        raise CsaError("the patchmatch baseline needs the PyPI package pypatchmatch: pip install pypatchmatch") from None
+    require("eval", "the patchmatch method", ("patchmatch",))
+    import patchmatch as pm
+
     if not pm.patchmatch_available:
         raise CsaError(
             "pypatchmatch is installed but its native library did not load: reinstall it "
@@ -130,9 +131,10 @@ def smooth(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return image.copy()
     if mask.all():
         raise CsaError("the smooth fill needs some known pixels: the mask covers the whole image")
-    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    # astype / copy: torch.from_numpy wants writable arrays (a read-only input warns)
+    x = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]
     with torch.inference_mode():
-        out = smooth_fill(x, torch.from_numpy(mask)[None, None])[0].permute(1, 2, 0).numpy()
+        out = smooth_fill(x, torch.from_numpy(mask.copy())[None, None])[0].permute(1, 2, 0).numpy()
     return composite(np.clip(np.rint(out), 0, 255).astype(np.uint8), image, mask)
 
 

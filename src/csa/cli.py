@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 
-from .errors import EXIT_INTERRUPTED, EXIT_USER, CsaError
+from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USER, CsaError
+from .extras import require
 
 app = typer.Typer(
     name="csa",
@@ -23,10 +23,43 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"csa {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
+) -> None:
+    """Coherent Semantic Attention image inpainting: inpaint, train, evaluate, serve."""
+
+
 def fail(message: str, code: int = EXIT_USER) -> None:
     """Print one error line and exit (for checks made in the CLI itself)."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port that another program holds, before the model is served on it."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CsaError(f"port {port} on {host} is already in use: pick another with --port") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise CsaError(f"{host} is not an address of this machine: use --host 127.0.0.1") from None
+            raise
 
 
 # --- commands -------------------------------------------------------------------------
@@ -79,6 +112,7 @@ def evaluate(
     lpips_lin: Optional[Path] = typer.Option(None, "--lpips-lin", help="LPIPS v0.1 linear heads (alex.pth / vgg.pth)"),
 ) -> None:
     """Compare inpainting methods on the same image-and-mask pairs; write tables, charts and a grid."""
+    require("eval", "csa evaluate", ("skimage", "matplotlib"))
     from .evaluate import evaluate as run_evaluation
     from .evaluate import markdown_table
 
@@ -133,6 +167,36 @@ def masks_stats(
 app.add_typer(masks_app, name="masks")
 
 
+weights_app = typer.Typer(help="Fetch, check and list the weight files the losses and metrics use.", no_args_is_help=True)
+
+
+@weights_app.command("fetch")
+def weights_fetch(
+    names: list[str] = typer.Argument(..., help="what to fetch: vgg16, lpips, inception (repeat for several)"),
+    force: bool = typer.Option(False, "--force", help="fetch and convert again even when the cached file is there"),
+) -> None:
+    """Download (hash-checked), convert and cache weight files; a cached file is reused."""
+    from . import weights
+
+    for name in names:
+        for path in weights.fetch(name, force=force, log=lambda line: typer.echo(line, err=True)):
+            typer.echo(f"{name}: {path}")
+
+
+@weights_app.command("list")
+def weights_list() -> None:
+    """Name each known weight file, what it is for, and where it is cached (or how to fetch it)."""
+    from . import weights
+
+    for name in weights.NAMES:
+        path = weights.cached_path(name)
+        where = str(path) if path is not None else f"not fetched: {weights.fetch_command(name)}"
+        typer.echo(f"{name:10s} {weights.describe(name)}\n{'':10s} {where}")
+
+
+app.add_typer(weights_app, name="weights")
+
+
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="address to bind; 0.0.0.0 opens it to the network"),
@@ -144,6 +208,7 @@ def serve(
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: debug, info, warning, error"),
 ) -> None:
     """Serve the brush page at / and the REST API at /api/v1 (docs at /docs), one model for all requests."""
+    require("serve", "csa serve")
     import logging
 
     import uvicorn
@@ -151,12 +216,17 @@ def serve(
     from .server import create_app
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    check_port_free(host, port)
     # Load the model before binding, so a bad --weights fails with exit 2 and one line.
     api = create_app(weights, device=device, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels)
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"warning: listening on {host}: anyone who can reach this machine can use the server", err=True)
     typer.echo(f"csa serve: open http://{'localhost' if host in ('0.0.0.0', '::') else host}:{port}/ (API docs at /docs)")
-    uvicorn.run(api, host=host, port=port, log_level=log_level)
+    try:
+        uvicorn.run(api, host=host, port=port, log_level=log_level)
+    except SystemExit as exc:  # uvicorn exits 3 when it cannot start: a run-time failure here
+        if exc.code not in (None, 0):
+            raise typer.Exit(EXIT_RUNTIME) from None
 
 
 @app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -174,7 +244,7 @@ def train(
     Continue a run with --resume [RUN_DIR | CHECKPOINT] (alone: the run in --out).
     Several processes: torchrun --nproc_per_node N -m csa train ...
     """
-    from .errors import EXIT_RUNTIME
+    require("train", "csa train", ("tensorboard",))
     from .train import NonFiniteLoss, parse_resume_args, run_training
 
     resume = parse_resume_args(ctx.args)
@@ -246,24 +316,52 @@ def inpaint(
 # --- entry point ----------------------------------------------------------------------
 
 
+def _context_of(argv: Optional[list[str]]):
+    """A context for the (sub)command that ``argv`` names, for errors raised without one."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = typer.main.get_command(app)
+    ctx = command.make_context("csa", [], resilient_parsing=True)
+    for arg in args:
+        sub = getattr(command, "commands", {}).get(arg)
+        if sub is None:
+            continue
+        command = sub
+        ctx = command.make_context(arg, [], parent=ctx, resilient_parsing=True)
+    return ctx
+
+
+def _usage_error(exc: typer.TyperException, argv: Optional[list[str]]) -> int:
+    """Print a command-line mistake as the usage line and one ``error:`` line; the exit code.
+
+    typer's parse errors (an unknown option, a missing value or argument, a bad number,
+    an unknown command) all derive from ``typer.TyperException`` and carry the context of
+    the command they belong to.
+    """
+    ctx = getattr(exc, "ctx", None) or _context_of(argv)
+    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+        typer.echo(ctx.get_help())  # `csa` or `csa masks` alone: the help is the answer
+        return 0
+    if ctx is not None:
+        typer.echo(ctx.get_usage(), err=True)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    typer.echo(f"error: {exc.format_message().rstrip('.')}{hint}", err=True)
+    return EXIT_USER
+
+
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console-script entry: map errors to the project's exit codes."""
+    """Console-script entry: map errors to the project's exit codes (0, 1, 2, 130)."""
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False, prog_name="csa")
     except CsaError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        sys.exit(EXIT_USER)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+        typer.echo(f"error: {exc.render('cli')}", err=True)
+        code = EXIT_USER
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.TyperException as exc:
+        code = _usage_error(exc, argv)
+    except (typer.Abort, KeyboardInterrupt):
         typer.echo("interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(EXIT_USER)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        code = EXIT_INTERRUPTED
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -6,14 +6,42 @@ The CLI prints its message without a traceback and exits 2; the server maps it t
 from __future__ import annotations
 
 
-class CsaError(Exception):
-    """A user error: the message says what was wrong and what to do about it."""
+#: The interfaces a message can be shown in; each names an option its own way.
+INTERFACES = ("python", "cli", "api")
 
-    def __init__(self, message: str, *, http_status: int = 400, kind: str = "bad_input") -> None:
-        super().__init__(message)
-        self.message = message
+
+def option_name(name: str, interface: str) -> str:
+    """How a boolean option is switched on in ``interface``: ``resize_mask=True`` (Python),
+    ``--resize-mask`` (command line) or ``resize_mask=true`` (a REST form field)."""
+    if interface == "cli":
+        return "--" + name.replace("_", "-")
+    if interface == "api":
+        return f"the form field {name}=true"
+    return f"{name}=True"
+
+
+class CsaError(Exception):
+    """A user error: the message says what was wrong and what to do about it.
+
+    A message that tells the user to switch an option on names it as ``{option}`` and
+    lists it in ``options``; :meth:`render` writes it the way the interface showing the
+    message spells it (``message`` is the Python spelling).
+    """
+
+    def __init__(self, message: str, *, http_status: int = 400, kind: str = "bad_input",
+                 options: tuple[str, ...] = ()) -> None:
+        self.template = message
+        self.options = tuple(options)
+        self.message = self.render("python")
+        super().__init__(self.message)
         self.http_status = http_status
         self.kind = kind
+
+    def render(self, interface: str) -> str:
+        """The message as shown in ``interface`` (one of :data:`INTERFACES`)."""
+        if not self.options:
+            return self.template
+        return self.template.format(**{name: option_name(name, interface) for name in self.options})
 
 
 # Exit codes shared by every command (ARCHITECTURE.md).

@@ -132,7 +132,8 @@ def mask_from_pil(img: Image.Image, *, invert: bool = False, from_alpha: bool = 
     """The one mask rule: HxW bool, True = hole."""
     if from_alpha:
         if "A" not in img.getbands() and img.mode != "P":
-            raise CsaError("--mask-from-alpha needs a mask with an alpha channel (RGBA or LA PNG)")
+            raise CsaError("{mask_from_alpha} needs a mask with an alpha channel (RGBA or LA PNG)",
+                           options=("mask_from_alpha",))
         return mask_from_alpha_channel(np.asarray(img.convert("RGBA"))[:, :, 3], invert=invert)
     else:
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -207,12 +208,24 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[str], None]) ->
         raise
 
 
+#: Output suffixes a user is offered (Pillow writes more; these are the common ones).
+OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+
+
+def format_for_suffix(path: Path) -> str:
+    """Pillow's format name for an output path's suffix; a clear error for an unknown one."""
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        shown = path.suffix or "no suffix"
+        raise CsaError(f"cannot write {path}: unknown image format ({shown}); use .png (keeps known pixels "
+                       f"exact), .jpg, .webp, .tif or .bmp")
+    return fmt
+
+
 def save_image(img: Image.Image, path: Union[str, os.PathLike]) -> None:
     """Write an image atomically; the format follows the suffix (PNG if none is known)."""
     path = Path(path)
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None:
-        raise CsaError(f"unknown output format {path.suffix!r} for {path}: use .png")
+    fmt = format_for_suffix(path)
     if fmt == "JPEG" and img.mode not in ("RGB", "L"):
         img = img.convert("RGB")
     atomic_write(path, lambda tmp: img.save(tmp, format=fmt))
@@ -361,10 +374,7 @@ def output_format(path: Union[str, os.PathLike]) -> str:
             pass
     except OSError as exc:
         raise CsaError(f"cannot write in the output folder {folder} ({exc.strerror}): choose another output path") from None
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None or fmt not in Image.SAVE:
-        raise CsaError(f"unknown output format {path.suffix!r} for {path}: use .png")
-    return fmt
+    return format_for_suffix(path)
 
 
 def _encode_16bit_colour(arr: np.ndarray, fmt: str) -> bytes:

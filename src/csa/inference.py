@@ -142,18 +142,18 @@ def load_inputs(
     arr = read_image_array(image, max_pixels=max_pixels)
     if mask is None:
         if not mask_from_alpha:
-            raise CsaError("no mask given: pass --mask MASK (white = hole), or --mask-from-alpha "
-                           "to fill the image's own transparent pixels")
+            raise CsaError("no mask given: give a mask (white = hole), or {mask_from_alpha} "
+                           "to fill the image's own transparent pixels", options=("mask_from_alpha",))
         if arr.shape[2] not in (2, 4):
-            raise CsaError("--mask-from-alpha without --mask needs an image with an alpha channel "
-                           "(RGBA or grey + alpha)")
+            raise CsaError("{mask_from_alpha} without a mask needs an image with an alpha channel "
+                           "(RGBA or grey + alpha)", options=("mask_from_alpha",))
         return Inputs(arr, mask_from_alpha_channel(arr[:, :, -1], invert=invert), alpha_is_mask=True)
     hole = read_mask(mask, invert=invert, from_alpha=mask_from_alpha, max_pixels=max_pixels)
     if hole.shape != arr.shape[:2]:
         if not resize_mask:
             raise CsaError(
                 f"the mask is {hole.shape[1]}x{hole.shape[0]} but the image is {arr.shape[1]}x{arr.shape[0]}: "
-                "give a mask of the image's size, or pass --resize-mask to scale it"
+                "give a mask of the image's size, or pass {resize_mask} to scale it", options=("resize_mask",)
             )
         hole = _resize_hole(hole, arr.shape[:2])
     return Inputs(arr, hole)
@@ -443,7 +443,7 @@ class Inpainter:
             return arr.copy()
         if hole.all():
             raise CsaError("the mask covers the whole image: nothing is left to fill the hole from. "
-                           "Leave part of the image unmasked (or pass --invert if black marks the hole)")
+                           "Leave part of the image unmasked (or pass {invert} if black marks the hole)", options=("invert",))
         used = self.resolve_strategy(strategy, arr.shape[1], arr.shape[0])
         out = arr.copy()
         with self._lock:
@@ -713,7 +713,7 @@ def inpaint_folder(
                 say(f"warning: {path.name}: {w.message}")
             report.done.append(result)
         except CsaError as exc:
-            report.failed.append((path, exc.message))
-            say(f"error: {path.name}: {exc.message}")
+            report.failed.append((path, exc.render("cli")))  # folder mode is the command line's
+            say(f"error: {path.name}: {exc.render('cli')}")
     bar.close()
     return report

@@ -165,6 +165,18 @@ class ModelWorker:
         self._closed = True
 
 
+#: The form fields of POST /api/v1/inpaint.
+INPAINT_FIELDS = ("image", "mask", "invert", "resize_mask", "strategy")
+
+
+def check_fields(form: Any, accepted: tuple[str, ...]) -> None:
+    """Refuse form fields an endpoint does not take, naming the ones it does."""
+    unknown = sorted(set(form.keys()) - set(accepted))
+    if unknown:
+        raise CsaError(f"unknown form field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
+                       f"this endpoint takes {', '.join(accepted)}")
+
+
 def _check_declared_type(upload: UploadFile, field: str) -> None:
     declared = (upload.content_type or "").split(";")[0].strip().lower()
     if declared not in _UNDECLARED_TYPES and not declared.startswith("image/"):
@@ -185,7 +197,7 @@ def _encode_png(arr: np.ndarray) -> bytes:
         return path.read_bytes()
 
 
-def _inpaint_png(inpainter: Any, image_bytes: bytes, mask_bytes: bytes, invert: bool,
+def _inpaint_png(inpainter: Any, image_bytes: bytes, mask_bytes: bytes, invert: bool, resize_mask: bool,
                  strategy: Optional[str], max_pixels: int) -> tuple[bytes, dict[str, Any]]:
     """Decode, check, inpaint and encode one request (runs in the model thread).
 
@@ -195,7 +207,7 @@ def _inpaint_png(inpainter: Any, image_bytes: bytes, mask_bytes: bytes, invert: 
     from ..inference import InpaintWarning, load_inputs
 
     t0 = time.perf_counter()
-    inputs = load_inputs(image_bytes, mask_bytes, invert=invert, max_pixels=max_pixels)
+    inputs = load_inputs(image_bytes, mask_bytes, invert=invert, resize_mask=resize_mask, max_pixels=max_pixels)
     t1 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", InpaintWarning)
@@ -258,7 +270,7 @@ def create_app(
     @app.exception_handler(CsaError)
     async def _csa_error(_: Request, exc: CsaError) -> JSONResponse:
         headers = {"Retry-After": "1"} if exc.http_status == 503 else None
-        return error_response(exc.http_status, exc.kind, exc.message, headers)
+        return error_response(exc.http_status, exc.kind, exc.render("api"), headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -295,19 +307,26 @@ def create_app(
         tags=["inpainting"],
     )
     async def inpaint(
+        request: Request,
         image: UploadFile = File(..., description="the photo (PNG, JPEG, WebP, BMP, TIFF)"),
-        mask: UploadFile = File(..., description="same size as the image; white (>= 128) = hole"),
+        mask: UploadFile = File(..., description="same size as the image (or see resize_mask); white (>= 128) = hole"),
         invert: bool = Form(False, description="black = hole instead"),
+        resize_mask: bool = Form(False, description="scale a mask of another size to the image's size"),
         strategy: Optional[str] = Form(None, description="high-resolution strategy of the inpainter (default: its own)"),
     ) -> Response:
-        """Fill the hole of ``image`` marked by ``mask``; answers the result as PNG at the image's size."""
+        """Fill the hole of ``image`` marked by ``mask``; answers the result as PNG at the image's size.
+
+        A form field this endpoint does not know is refused (400), so a misspelt option is
+        never silently ignored.
+        """
+        check_fields(await request.form(), INPAINT_FIELDS)
         _check_declared_type(image, "image")
         _check_declared_type(mask, "mask")
         # Bounded: the body limit middleware has cut off anything over max_upload_bytes.
         image_bytes, mask_bytes = await image.read(), await mask.read()
         try:
             png, stats = await worker.run(_inpaint_png, inpainter, image_bytes, mask_bytes,
-                                          invert, strategy or None, max_pixels)
+                                          invert, resize_mask, strategy or None, max_pixels)
         except CsaError:
             raise
         except Exception:
