@@ -18,20 +18,36 @@ from .nn.generator import CSA_DOWNSAMPLINGS, GeneratorOutput, init_weights
 VGG_TAP_CHANNELS = 512  # VGG16 relu4_3
 
 
+# Loss arithmetic runs in float32 with autocast off, its inputs cast up: under bf16
+# autocast the networks' outputs arrive in bf16, and squares, means and sums there keep
+# only 8 significant bits. The networks themselves stay under the caller's autocast.
+
+
+def _float32(*tensors: Tensor) -> list[Tensor]:
+    """bf16 / fp16 tensors as float32; float32 and float64 ones as they are."""
+    return [t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors]
+
+
 def ralsgan_d(real: Tensor, fake: Tensor) -> Tensor:
     """Relativistic average LSGAN, discriminator side (means over all elements)."""
-    return 0.5 * (((real - fake.mean() - 1) ** 2).mean() + ((fake - real.mean() + 1) ** 2).mean())
+    with torch.autocast(real.device.type, enabled=False):
+        real, fake = _float32(real, fake)
+        return 0.5 * (((real - fake.mean() - 1) ** 2).mean() + ((fake - real.mean() + 1) ** 2).mean())
 
 
 def ralsgan_g(real: Tensor, fake: Tensor) -> Tensor:
     """Relativistic average LSGAN, generator side: the D loss with the targets swapped."""
-    return 0.5 * (((real - fake.mean() + 1) ** 2).mean() + ((fake - real.mean() - 1) ** 2).mean())
+    with torch.autocast(real.device.type, enabled=False):
+        real, fake = _float32(real, fake)
+        return 0.5 * (((real - fake.mean() + 1) ** 2).mean() + ((fake - real.mean() - 1) ** 2).mean())
 
 
 def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """Mean squared error over the positions where mask is 1, all channels."""
-    weight = mask.expand_as(pred)
-    return ((pred - target) ** 2 * weight).sum() / weight.sum().clamp(min=1.0)
+    with torch.autocast(pred.device.type, enabled=False):
+        pred, target, mask = _float32(pred, target, mask)
+        weight = mask.expand_as(pred)
+        return ((pred - target) ** 2 * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 class ConsistencyLoss(nn.Module):
@@ -50,7 +66,9 @@ class ConsistencyLoss(nn.Module):
             init_weights(self.projections)  # the release's N(0, 0.02) like every other conv
 
     def forward(self, taps: Sequence[Tensor], target: Tensor, mask_feat: Tensor) -> Tensor:
-        return sum(masked_mse(proj(tap), target, mask_feat) for proj, tap in zip(self.projections, taps))
+        # The 1x1 projections belong to the loss: float32 too.
+        with torch.autocast(target.device.type, enabled=False):
+            return sum(masked_mse(proj(*_float32(tap)), target, mask_feat) for proj, tap in zip(self.projections, taps))
 
 
 @dataclass
@@ -74,10 +92,12 @@ def weighted_l1(output: Tensor, target: Tensor, mask: Tensor, hole_weight: float
     ``hole_weight`` 1 is the paper's plain L1; e.g. 6 is the hole / valid balance of Liu et al.
     2018 (partial convolutions): L1_valid + 6 L1_hole, both means over the whole image.
     """
-    if hole_weight == 1.0:
-        return F.l1_loss(output, target)
-    weight = torch.where(mask > 0.5, hole_weight, 1.0).to(output.dtype)
-    return ((output - target).abs() * weight).mean()
+    with torch.autocast(output.device.type, enabled=False):
+        output, target = _float32(output, target)
+        if hole_weight == 1.0:
+            return F.l1_loss(output, target)
+        weight = torch.where(mask > 0.5, hole_weight, 1.0).to(output.dtype)
+        return ((output - target).abs() * weight).mean()
 
 
 class VGGPair(NamedTuple):
@@ -101,7 +121,8 @@ class Objective(nn.Module):
         super().__init__()
         self.weights = weights or LossWeights()
         if self.weights.needs_vgg and vgg is None:
-            raise ValueError("the consistency and feature-GAN terms need VGG16 weights")
+            raise ValueError("the consistency and feature-GAN terms need VGG16 weights: pass vgg=csa.nn.vgg.load_vgg16() "
+                             "(its file comes from `csa weights fetch vgg16`)")
         if d_input not in ("raw", "composite"):
             raise ValueError(f"d_input must be 'raw' or 'composite', got {d_input!r}")
         self.vgg = vgg

@@ -28,8 +28,11 @@ def feature_mask(mask: Tensor, downsamplings: int = 3) -> Tensor:
         raise CsaError(f"mask must be N x 1 x H x W, got shape {tuple(mask.shape)}")
     m = mask.float()
     box = torch.full((1, 1, 4, 4), 1.0 / 16.0, dtype=m.dtype, device=m.device)
-    for _ in range(downsamplings):
-        m = F.conv2d(m, box, stride=2, padding=1)
+    # Autocast off: in bf16 the box sums round (8 significant bits), and a cell just above
+    # 5/16 could land on it, changing which positions are hole.
+    with torch.autocast(m.device.type, enabled=False):
+        for _ in range(downsamplings):
+            m = F.conv2d(m, box, stride=2, padding=1)
     return (m > FEATURE_MASK_THRESHOLD).to(mask.dtype if mask.dtype.is_floating_point else torch.float32)
 
 
@@ -145,11 +148,22 @@ class CoherentSemanticAttention(nn.Module):
                 f"CSA mask shape {tuple(mask.shape)} does not match features {tuple(features.shape)}: "
                 "expected N x 1 x H x W at feature resolution"
             )
-        if self.implementation == "reference":
-            return csa_reference(features, mask, self.mode)
         from .fast_attention import csa_fast  # imported here: fast_attention imports this module
 
-        return csa_fast(features, mask, self.mode, backend=self.implementation)
+        # The search and the recurrence run in float32 with autocast off, whatever the caller's
+        # precision: bf16 cosines tie and flip argmaxes, and the numba kernels take float32 only.
+        low = features.dtype in (torch.float16, torch.bfloat16)
+        x = features.float() if low else features
+        with torch.autocast(features.device.type, enabled=False):
+            if self.implementation == "reference":
+                out = csa_reference(x, mask, self.mode)
+            else:
+                out = csa_fast(x, mask, self.mode, backend=self.implementation)
+        # Under autocast the output stays float32 (the next conv casts it itself; the consistency
+        # loss reads it as a tap); a network run wholly in low precision gets its dtype back.
+        if low and not torch.is_autocast_enabled(features.device.type):
+            out = out.to(features.dtype)
+        return out
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, implementation={self.implementation!r}"

@@ -209,7 +209,15 @@ def smooth_fill(image: Tensor, hole: Tensor) -> Tensor:
     its unknown part is repeatedly replaced by its neighbours' mean, the known part held.
     A thin stroke gets its neighbours' colours, a large hole a smooth extension of its
     border. ``hole`` is a boolean N x 1 x H x W; the image must have a known pixel.
+    Runs in float32 (or float64) with autocast off: a bf16 relaxation would band smooth gradients.
     """
+    if image.dtype in (torch.float16, torch.bfloat16):
+        return smooth_fill(image.float(), hole).to(image.dtype)
+    with torch.autocast(image.device.type, enabled=False):
+        return _smooth_fill(image, hole)
+
+
+def _smooth_fill(image: Tensor, hole: Tensor) -> Tensor:
     known = (~hole).to(image.dtype)
     # where, not a product: NaN or garbage in the hole must not reach the sums
     sums, weights = [torch.where(hole, torch.zeros_like(image), image)], [known]
