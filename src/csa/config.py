@@ -136,7 +136,9 @@ class TrainConfig:
     lr_decay_length: int = 101
     seed: int = 0  # weight init, data order, crops, flips and masks
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # CUDA only; auto: bf16 where supported, else fp16
+    # Mixed precision (autocast; csa.train). auto: bf16 on a CUDA GPU that has it, else fp16; float32 on
+    # CPU. bf16: CUDA or CPU (fast on CPUs with AVX512-BF16 / AMX). fp16: CUDA only. off: float32.
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     threads: int = 0  # torch CPU threads per process; 0: torch's default (OMP_NUM_THREADS)
     log_every: int = 10  # steps between scalar logs (TensorBoard, scalars.jsonl)
     image_every: int = 500  # steps between TensorBoard image grids; 0: never

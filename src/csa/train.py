@@ -21,11 +21,17 @@ Run folder (only rank 0 writes)::
                                             position in the epoch, the config (weights_only=True)
     RUN_DIR/checkpoints/latest              the name of the newest checkpoint
 
+Mixed precision (``train.amp``, :func:`_amp_dtype`): autocast around the networks, so the
+convolutions of the generator, VGG16 and the discriminators run in bf16 (or fp16 on CUDA);
+the CSA layer, the feature mask, the smooth hole fill and every loss term turn autocast off
+and compute in float32 (see csa.nn.attention, csa.nn.generator, csa.losses). Parameters,
+gradients and Adam moments stay float32; only fp16 uses a GradScaler.
+
 A checkpoint is written into a temporary folder and renamed into place, so a crash or
 a second signal never leaves a half-written one. Resuming restores weights, optimiser
 moments, RNG states and the data position (epoch, batch within the epoch), so on CPU a
 run of 6 steps equals 3 steps, stop, resume, 3 more, bit for bit (same world size, batch
-size and thread count).
+size and thread count; in float32 and under bf16 autocast alike).
 
 Exit codes: 0 done, 1 non-finite loss (nothing saved after the last good checkpoint),
 2 bad input, 130 stopped by SIGINT / SIGTERM after saving a checkpoint.
@@ -458,13 +464,42 @@ def _frozen(params: Sequence[nn.Parameter]) -> Iterator[None]:
 
 
 def _amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    if device.type != "cuda" or amp == "off":
+    """The autocast dtype of ``train.amp`` on this device, or None for plain float32.
+
+    CUDA: bf16 or fp16 (auto: bf16 where the GPU has it). CPU: bf16 only when asked; auto
+    stays float32 there, so a config behaves the same on every CI machine whatever its CPU.
+    """
+    if amp == "off":
         return None
-    if amp == "bf16":
-        return torch.bfloat16
+    if device.type == "cuda":
+        if amp == "bf16":
+            return torch.bfloat16
+        if amp == "fp16":
+            return torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "auto":
+        return None
     if amp == "fp16":
-        return torch.float16
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        raise CsaError("train.amp=fp16 runs on CUDA only: on CPU use train.amp=bf16 (or off for float32)")
+    return torch.bfloat16
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast pays off."""
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(bool(check()) for check in checks if check is not None)
+
+
+_SLOW_BF16_WARNED = False
+
+
+def _warn_slow_bf16() -> None:
+    """One ``warning:`` line per process: bf16 on a CPU without native bf16 runs, but slowly."""
+    global _SLOW_BF16_WARNED
+    if not _SLOW_BF16_WARNED:
+        _SLOW_BF16_WARNED = True
+        print("warning: train.amp=bf16 on a CPU without AVX512-BF16 or AMX: the bf16 convolutions are emulated "
+              "and likely slower than float32 (train.amp=off)", file=sys.stderr, flush=True)
 
 
 class Trainer:
@@ -489,6 +524,8 @@ class Trainer:
             torch.set_num_threads(t.threads)
         self.device = resolve_device(t.device, self.dist)
         self.amp_dtype = _amp_dtype(t.amp, self.device)
+        if self.amp_dtype == torch.bfloat16 and self.device.type == "cpu" and self.dist.is_main and not cpu_has_fast_bf16():
+            _warn_slow_bf16()
 
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         self.generator: CSAGenerator = build_generator(dataclasses.replace(config.model)).to(self.device)
