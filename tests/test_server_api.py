@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import logging
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -164,6 +165,79 @@ def test_docs_page_is_served_locally(client):
     assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
 
 
+# --- methods ----------------------------------------------------------------------------
+
+
+def test_methods_lists_the_model_and_the_installed_classical_methods(client):
+    from csa.baselines import BASELINES
+    from csa.extras import missing
+    from csa.server.methods import CLASSICAL
+
+    assert list(CLASSICAL) == list(BASELINES), "every baseline needs a line in csa.server.methods.CLASSICAL"
+    resp = client.get("/api/v1/methods")
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["default"] == "csa"
+    by_id = {m["id"]: m for m in body["methods"]}
+    assert body["methods"][0]["id"] == "csa"
+    assert by_id["csa"]["strategies"] == ["resize", "crop", "native"]
+    installed = [k for k, c in CLASSICAL.items() if c.needs is None or not missing(*c.needs)]
+    assert [m["id"] for m in body["methods"][1:]] == installed
+    assert {"telea", "ns", "smooth"} <= set(installed)  # the core install has them
+    for m in body["methods"]:
+        assert set(m) == {"id", "description", "strategies", "default_strategy"}
+        assert len(m["description"]) > 20
+        if m["id"] != "csa":
+            assert m["strategies"] == ["native"]  # the whole image at full resolution
+
+
+def test_a_method_whose_package_is_missing_is_not_offered(inpainter, monkeypatch):
+    import csa.server.methods as methods
+
+    real = methods.missing
+    monkeypatch.setattr(methods, "missing", lambda extra, modules=None: ["patchmatch"] if "patchmatch" in (modules or ())
+                        else real(extra, modules))
+    with TestClient(create_app(inpainter)) as c:
+        ids = [m["id"] for m in c.get("/api/v1/methods").json()["methods"]]
+        assert "patchmatch" not in ids and "telea" in ids
+        body = assert_error(c.post("/api/v1/inpaint", files=files(png(np.zeros((8, 8, 3), np.uint8)),
+                                                                  png(np.zeros((8, 8), np.uint8))),
+                                   data={"method": "patchmatch"}), 400, "bad_input")
+        assert "telea" in body["detail"]
+
+
+def test_patchmatch_fills_differently_from_the_model_known_pixels_exact(client, image_arr, hole):
+    pytest.importorskip("patchmatch")
+    mask = png(np.where(hole, 255, 0).astype(np.uint8))
+    model = client.post("/api/v1/inpaint", files=files(png(image_arr), mask))
+    resp = client.post("/api/v1/inpaint", files=files(png(image_arr), mask), data={"method": "patchmatch"})
+    assert model.status_code == resp.status_code == 200, resp.text
+    assert resp.headers["x-inpaint-method"] == "patchmatch" and model.headers["x-inpaint-method"] == "csa"
+    out = np.asarray(Image.open(io.BytesIO(resp.content)).convert("RGB"))
+    by_model = np.asarray(Image.open(io.BytesIO(model.content)).convert("RGB"))
+    np.testing.assert_array_equal(out[~hole], image_arr[~hole])
+    assert (out[hole] != image_arr[hole]).any(axis=1).mean() > 0.5
+    # the model paints a smooth blend; PatchMatch copies the noise around the hole
+    assert np.abs(out[hole].astype(int) - by_model[hole].astype(int)).mean() > 20
+    # native is what a classical method does anyway: accepted
+    again = client.post("/api/v1/inpaint", files=files(png(image_arr), mask),
+                        data={"method": "patchmatch", "strategy": "native"})
+    assert again.status_code == 200
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(again.content)).convert("RGB")), out)
+
+
+def test_unknown_method_and_a_strategy_the_method_does_not_take_are_400(client, image_arr, hole):
+    mask = png(np.where(hole, 255, 0).astype(np.uint8))
+    body = assert_error(client.post("/api/v1/inpaint", files=files(png(image_arr), mask), data={"method": "lama"}),
+                        400, "bad_input")
+    assert "'lama'" in body["detail"]
+    for m in client.get("/api/v1/methods").json()["methods"]:
+        assert m["id"] in body["detail"]
+    body = assert_error(client.post("/api/v1/inpaint", files=files(png(image_arr), mask),
+                                    data={"method": "telea", "strategy": "crop"}), 400, "bad_input")
+    assert "telea" in body["detail"] and "native" in body["detail"]
+
+
 # --- errors -----------------------------------------------------------------------------
 
 
@@ -249,7 +323,7 @@ def test_unknown_form_field_is_400_naming_the_accepted_ones(client, image_arr, h
     body = assert_error(client.post("/api/v1/inpaint", files=files(png(image_arr), mask), data={"resize-mask": "true"}),
                         400, "bad_input")
     assert "'resize-mask'" in body["detail"]
-    for field in ("image", "mask", "invert", "resize_mask", "strategy"):
+    for field in ("image", "mask", "invert", "resize_mask", "method", "strategy"):
         assert field in body["detail"]
 
 
@@ -345,6 +419,73 @@ def test_full_queue_answers_503_with_retry_after(inpainter, image_arr, hole):
     busy = next(r for r in responses if r.status_code == 503)
     assert_error(busy, 503, "busy")
     assert busy.headers["retry-after"] == "1"
+
+
+def abandoned_request(url: str, payload: dict, data: dict) -> socket.socket:
+    """Send a whole inpaint request on a raw socket and return it unread: closing it is a
+    client that gives up (what the page's Cancel does by aborting its fetch)."""
+    req = httpx.Request("POST", f"{url}/api/v1/inpaint", files=payload, data=data)
+    body = req.read()
+    sock = socket.create_connection((req.url.host, req.url.port))
+    head = "".join(f"{k}: {v}\r\n" for k, v in req.headers.items())
+    sock.sendall(f"POST /api/v1/inpaint HTTP/1.1\r\n{head}\r\n".encode() + body)
+    return sock
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def slow_method(inner, delay: float):
+    from csa.server.methods import FULL_RESOLUTION, Method
+
+    slow = Slow(inner, delay)
+    return slow, {"slow": Method("slow", "a stand-in that sleeps, for the queue tests", FULL_RESOLUTION, "native", slow)}
+
+
+def test_a_waiting_request_whose_client_leaves_is_dropped_and_never_runs(inpainter, image_arr, hole):
+    from csa.server.background import BackgroundServer
+
+    slow, extra = slow_method(inpainter, delay=0.8)
+    payload = files(png(image_arr), png(hole.astype(np.uint8) * 255))
+    with BackgroundServer(create_app(inpainter, methods=extra)) as url, httpx.Client(base_url=url, timeout=30) as http:
+        health = lambda: http.get("/api/v1/health").json()  # noqa: E731
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(http.post, "/api/v1/inpaint", files=payload, data={"method": "slow"})
+            wait_for(lambda: slow.active == 1)
+            queued = abandoned_request(url, payload, {"method": "slow"})
+            wait_for(lambda: health()["queue"] == 2)
+            queued.close()
+            wait_for(lambda: health()["dropped"] == 1)
+            assert slow.active == 1  # still the first one
+            assert first.result().status_code == 200
+        time.sleep(0.2)  # time for a wrongly kept job to start
+        assert slow.calls == 1, "the abandoned request must never run"
+        after = health()
+        assert after["queue"] == 0 and after["done"] == 1 and after["discarded"] == 0
+        assert http.post("/api/v1/inpaint", files=payload, data={"method": "slow"}).status_code == 200
+        assert slow.calls == 2
+
+
+def test_a_running_request_whose_client_leaves_is_discarded(inpainter, image_arr, hole):
+    from csa.server.background import BackgroundServer
+
+    slow, extra = slow_method(inpainter, delay=0.5)
+    payload = files(png(image_arr), png(hole.astype(np.uint8) * 255))
+    with BackgroundServer(create_app(inpainter, methods=extra)) as url, httpx.Client(base_url=url, timeout=30) as http:
+        running = abandoned_request(url, payload, {"method": "slow"})
+        wait_for(lambda: slow.active == 1)
+        running.close()
+        wait_for(lambda: http.get("/api/v1/health").json()["discarded"] == 1)
+        wait_for(lambda: slow.active == 0)
+        resp = http.post("/api/v1/inpaint", files=payload)  # the worker is free again
+        assert resp.status_code == 200
+        counts = http.get("/api/v1/health").json()
+        assert (counts["done"], counts["dropped"], counts["discarded"]) == (1, 0, 1)
+        assert slow.calls == 1
 
 
 # --- the CLI command ------------------------------------------------------------------------

@@ -3,14 +3,17 @@
 Routes:
 
 - ``POST /api/v1/inpaint``: multipart ``image`` and ``mask`` (white = hole), optional
-  ``invert`` and ``strategy``; answers the inpainted image as PNG.
+  ``invert``, ``resize_mask``, ``method`` and ``strategy``; answers the inpainted image as PNG.
+- ``GET /api/v1/methods``: what ``method`` may say (``methods.py``).
 - ``GET /api/v1/health``, ``GET /api/v1/model``; OpenAPI docs at ``/docs``.
 - ``GET /``: the brush page (``static/index.html`` + ``app.js`` + ``app.css``).
 
 Every error is JSON ``{"error": kind, "detail": message}``. One model instance serves
 every request: decoding, inference and encoding run in a single worker thread, so
 concurrent requests wait in a FIFO queue while the event loop stays free to accept
-uploads and answer health checks.
+uploads and answer health checks. A client that closes its connection while its request
+waits (the page's Cancel aborts the fetch) has the request dropped from the queue before
+it runs; one that is already running cannot be interrupted, and its result is discarded.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional, Union
+from typing import Any, AsyncIterator, Mapping, Optional, Union
 
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
@@ -38,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import CsaError
 from ..imageio import DEFAULT_MAX_PIXELS, array_to_pil, save_array
+from .methods import MODEL_ID, Method, pick, served_methods
 
 try:  # the same FastAPI, with /docs served from local files instead of a CDN
     from fastapi_offline import FastAPIOffline as _FastAPI
@@ -131,14 +135,20 @@ class ModelWorker:
     """One model, one thread: jobs run one at a time in arrival order.
 
     ``max_queue`` bounds how many requests may wait (each holds its upload in memory);
-    past it the API answers 503 with ``Retry-After`` instead of piling up.
+    past it the API answers 503 with ``Retry-After`` instead of piling up. Cancelling the
+    coroutine of :meth:`run` (the client went away) takes a job that has not started out
+    of the queue (``dropped``: it never runs); a running one finishes in its thread and
+    its result is thrown away (``discarded``).
     """
 
     def __init__(self, inpainter: Any, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
         self.inpainter = inpainter
         self.max_queue = max_queue
+        # Counters only touched on the event loop thread: no lock needed.
         self.pending = 0
         self.done = 0
+        self.dropped = 0
+        self.discarded = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="csa-model")
         self._closed = False
 
@@ -146,13 +156,24 @@ class ModelWorker:
         if self.pending >= self.max_queue:
             raise CsaError(f"the server is busy ({self.pending} requests waiting): retry in a moment",
                            http_status=503, kind="busy")
-        self.pending += 1  # only touched on the event loop thread: no lock needed
+        self.pending += 1
+        job = self._executor.submit(fn, *args, **kwargs)
         try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+            result = await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            # cancel() succeeds only while the job waits: the executor then never starts it.
+            if job.cancel():
+                self.dropped += 1
+            else:
+                self.discarded += 1
+            raise
         finally:
             self.pending -= 1
-            self.done += 1
+        self.done += 1
+        return result
+
+    def counts(self) -> dict[str, int]:
+        return {"queue": self.pending, "done": self.done, "dropped": self.dropped, "discarded": self.discarded}
 
     def open(self) -> None:
         """A fresh thread after :meth:`close` (an app may be started more than once in tests)."""
@@ -166,7 +187,7 @@ class ModelWorker:
 
 
 #: The form fields of POST /api/v1/inpaint.
-INPAINT_FIELDS = ("image", "mask", "invert", "resize_mask", "strategy")
+INPAINT_FIELDS = ("image", "mask", "invert", "resize_mask", "method", "strategy")
 
 
 def check_fields(form: Any, accepted: tuple[str, ...]) -> None:
@@ -221,6 +242,20 @@ def _inpaint_png(inpainter: Any, image_bytes: bytes, mask_bytes: bytes, invert: 
     return png, stats
 
 
+async def _client_gone(request: Request) -> None:
+    """Return once the client has closed the connection.
+
+    Called after the body is read: the next ASGI message is ``http.disconnect``, which the
+    server sends when the connection drops (or after the response is sent, by which time
+    nobody waits on this any more).
+    """
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+        await asyncio.sleep(0.05)  # not expected after the body; never spin on it
+
+
 def _load_inpainter(source: Union[str, os.PathLike, None], device: str) -> Any:
     from ..inference import Inpainter
 
@@ -237,17 +272,21 @@ def create_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_queue: int = DEFAULT_MAX_QUEUE,
+    methods: Optional[Mapping[str, Method]] = None,
 ) -> FastAPI:
     """Build the app around one model.
 
     ``inpainter_or_weights``: an :class:`~csa.inference.Inpainter` (the server uses its
     ``inpaint_inputs()`` and ``model_info()``), or a weights path, or None for the bundled
-    default model (loaded here, so a bad path fails at start-up).
+    default model (loaded here, so a bad path fails at start-up). The model is method
+    ``csa``; the installed classical methods are offered next to it, and ``methods`` adds
+    more by id (tests add slow stand-ins).
     """
     if inpainter_or_weights is None or isinstance(inpainter_or_weights, (str, os.PathLike)):
         inpainter = _load_inpainter(inpainter_or_weights, device)
     else:
         inpainter = inpainter_or_weights
+    runnable = served_methods(inpainter, methods)
     worker = ModelWorker(inpainter, max_queue=max_queue)
     limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "max_queue": max_queue}
 
@@ -264,6 +303,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.worker = worker
+    app.state.methods = runnable
     app.state.limits = limits
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_upload_bytes)
 
@@ -292,7 +332,8 @@ def create_app(
         return error_response(500, "internal", "unexpected server error: see the server log")
 
     errors: dict[Union[int, str], dict[str, Any]] = {
-        400: {"model": ErrorBody, "description": "unreadable image or mask, or a size mismatch"},
+        400: {"model": ErrorBody, "description": "unreadable image or mask, a size mismatch, an unknown field, "
+                                                 "method or strategy"},
         413: {"model": ErrorBody, "description": "upload over the byte limit, or image over the pixel limit"},
         415: {"model": ErrorBody, "description": "a part declared with a type that is not an image"},
         422: {"model": ErrorBody, "description": "a missing or malformed form field"},
@@ -312,32 +353,55 @@ def create_app(
         mask: UploadFile = File(..., description="same size as the image (or see resize_mask); white (>= 128) = hole"),
         invert: bool = Form(False, description="black = hole instead"),
         resize_mask: bool = Form(False, description="scale a mask of another size to the image's size"),
-        strategy: Optional[str] = Form(None, description="high-resolution strategy of the inpainter (default: its own)"),
+        method: str = Form(MODEL_ID, description="what fills the hole: csa (the model) or a classical method "
+                                                 "(GET /api/v1/methods lists this server's)"),
+        strategy: Optional[str] = Form(None, description="high-resolution strategy, one the method takes "
+                                                         "(default: its own)"),
     ) -> Response:
         """Fill the hole of ``image`` marked by ``mask``; answers the result as PNG at the image's size.
 
         A form field this endpoint does not know is refused (400), so a misspelt option is
-        never silently ignored.
+        never silently ignored; so are an unknown method and a strategy the method does not
+        take. A client that disconnects before the answer cancels the request.
         """
         check_fields(await request.form(), INPAINT_FIELDS)
+        chosen = pick(runnable, method)
+        used_strategy = chosen.check_strategy(strategy or None)
         _check_declared_type(image, "image")
         _check_declared_type(mask, "mask")
         # Bounded: the body limit middleware has cut off anything over max_upload_bytes.
         image_bytes, mask_bytes = await image.read(), await mask.read()
+        job = asyncio.ensure_future(worker.run(_inpaint_png, chosen.inpainter, image_bytes, mask_bytes,
+                                               invert, resize_mask, used_strategy, max_pixels))
+        gone = asyncio.ensure_future(_client_gone(request))
         try:
-            png, stats = await worker.run(_inpaint_png, inpainter, image_bytes, mask_bytes,
-                                          invert, resize_mask, strategy or None, max_pixels)
+            await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not job.done():  # the client went away: nobody will read the answer
+            dropped = worker.dropped
+            job.cancel()
+            try:
+                await job
+            except asyncio.CancelledError:
+                pass
+            log.info("request cancelled by its client: %s", "dropped from the queue" if worker.dropped > dropped
+                     else "it was running; its result is discarded")
+            return Response(status_code=499)  # nginx's "client closed request"; never delivered
+        try:
+            png, stats = job.result()
         except CsaError:
             raise
         except Exception:
             log.exception("inpainting failed")
             return error_response(500, "internal", "unexpected server error: see the server log")
-        log.info("inpainted %dx%d (%d hole pixels) in %.3fs", stats["width"], stats["height"],
-                 stats["hole_pixels"], stats["inpaint_s"])
+        log.info("inpainted %dx%d (%d hole pixels) with %s in %.3fs", stats["width"], stats["height"],
+                 stats["hole_pixels"], chosen.id, stats["inpaint_s"])
         headers = {
             "Content-Disposition": 'inline; filename="inpainted.png"',
             "Cache-Control": "no-store",
             "X-Inpaint-Seconds": f"{stats['inpaint_s']:.4f}",
+            "X-Inpaint-Method": chosen.id,
         }
         if stats["warnings"]:  # e.g. an empty mask: the image comes back unchanged
             headers["X-Csa-Warning"] = "; ".join(stats["warnings"]).encode("ascii", "replace").decode()
@@ -345,8 +409,18 @@ def create_app(
 
     @app.get(f"{API}/health", tags=["service"])
     async def health() -> dict[str, Any]:
-        """Liveness and queue state; answered at once even while the model is busy."""
-        return {"status": "ok", "queue": worker.pending, "done": worker.done, "limits": limits}
+        """Liveness and queue state; answered at once even while the model is busy.
+
+        ``queue``: requests waiting or running; ``done``: answered; ``dropped``: cancelled
+        by their client before they ran; ``discarded``: cancelled while running.
+        """
+        return {"status": "ok", **worker.counts(), "limits": limits}
+
+    @app.get(f"{API}/methods", tags=["inpainting"])
+    async def list_methods() -> dict[str, Any]:
+        """What the ``method`` field of ``/inpaint`` may say: the model (``csa``) and the classical
+        methods whose packages are installed, each with a description and the strategies it takes."""
+        return {"default": MODEL_ID, "methods": [m.public() for m in runnable.values()]}
 
     @app.get(f"{API}/model", tags=["service"])
     async def model() -> dict[str, Any]:
