@@ -1,4 +1,4 @@
-"""Speed and memory of the CSA layer: the plain reference against the fast layer (issue 3).
+"""CSA layer speed and memory, plain reference against fast (docs/method.md, 'The CSA layer: fast implementation').
 
 Prints one table: per feature-map size, forward and forward+backward median times, the peak
 extra memory of one forward+backward, and the "floor": the per-sample hole-by-known search

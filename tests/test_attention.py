@@ -9,7 +9,7 @@ from csa.nn.attention import CoherentSemanticAttention, csa_reference, feature_m
 
 
 def loop_csa(features: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """SPEC 5 written as the release does it: a raster scan over every position, per sample."""
+    """docs/method.md, 'The CSA layer' written as the release does it: a raster scan over every position, per sample."""
     n, c, h, w = features.shape
     out = features.clone()
     for s in range(n):

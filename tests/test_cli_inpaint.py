@@ -254,7 +254,7 @@ def test_folder_mode_refuses_writing_into_the_input_folder(capsys, tmp_path, wei
     assert code == 2 and "input folder" in err
 
 
-# --- the release's checkpoint layout, end to end (issue 2) ---------------------------------
+# --- the release's checkpoint layout, end to end (docs/method.md, 'Checkpoints of the release') ---
 
 
 def _reference_keys() -> Path:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build the small photo set of SPEC 11 from Debian packages and Python packages.
+"""Build the photo set for training and validation from Debian packages and Python packages.
 
     python tools/build_photoset.py OUT_DIR [--debs DIR] [--force]
 

@@ -3,7 +3,7 @@
 
     python tools/make_eval_crops.py SRC_DIR OUT_DIR [--per-image 8] [--size 256] [--seed 0]
 
-The validation set of SPEC 11 has only six photos. For ``csa evaluate`` this writes
+The validation set (docs/method.md, 'Data') has only six photos. For ``csa evaluate`` this writes
 ``--per-image`` crops of each: a square of side drawn uniformly from
 [min(size, shorter side), shorter side] at a uniformly drawn position, resized (bicubic,
 so only ever downscaled when the photo allows it) to ``size`` x ``size`` PNG, named

@@ -22,7 +22,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-# name -> (module, attribute). load_model / build_model are the names ARCHITECTURE.md gives
+# name -> (module, attribute). load_model / build_model are the names README.md, 'Python API' gives
 # the public face; they are the generator functions under a second name.
 _LAZY = {
     "Inpainter": ("csa.inference", "Inpainter"),

@@ -1,6 +1,6 @@
 """The ``csa`` command line: each command is a thin shell over the library.
 
-Exit codes (ARCHITECTURE.md): 0 done, 1 failed at run time, 2 bad input, 130 interrupted.
+Exit codes (docs/conventions.md, 'Exit codes'): 0 done, 1 failed at run time, 2 bad input, 130 interrupted.
 A :class:`~csa.errors.CsaError` is printed as one line on stderr, without a traceback.
 """
 from __future__ import annotations

@@ -71,7 +71,7 @@ def from_dict(cls, data: dict[str, Any]):
 
 # --- training configuration ------------------------------------------------------------------
 # Sections of one YAML file: model (ModelConfig above), data, loss, discriminator, train.
-# Defaults are the release's recipe (SPEC 6-8); configs/csa-paper.yaml spells them out.
+# Defaults are the release's recipe (docs/method.md, 'Training recipe'); configs/csa-paper.yaml spells them out.
 
 
 @dataclass
@@ -93,7 +93,7 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    """The objective of SPEC 6. A weight of 0 switches its term (and what only it needs) off."""
+    """The objective (docs/method.md, 'Losses'). A weight of 0 switches its term (and what only it needs) off."""
 
     l1: float = 100.0  # on both stages: l1 * (L1(refined, gt) + L1(rough, gt))
     l1_hole_weight: float = 1.0  # hole pixels count this many times in both L1 terms (1: the paper)
@@ -106,7 +106,7 @@ class LossConfig:
 
 @dataclass
 class DiscriminatorConfig:
-    """Widths and layout of the two discriminators (SPEC 7)."""
+    """Widths and layout of the two discriminators (docs/method.md, 'Discriminators')."""
 
     image_ndf: int = 64  # PatchGAN base width
     feature_width: int = 512  # feature patch discriminator width

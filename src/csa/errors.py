@@ -44,7 +44,7 @@ class CsaError(Exception):
         return self.template.format(**{name: option_name(name, interface) for name in self.options})
 
 
-# Exit codes shared by every command (ARCHITECTURE.md).
+# Exit codes shared by every command (docs/conventions.md, 'Exit codes').
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USER = 2

@@ -1,4 +1,4 @@
-"""The training objective (SPEC 6): L1 on both stages, the consistency loss, RaLSGAN.
+"""The training objective (docs/method.md, 'Losses'): L1 on both stages, the consistency loss, RaLSGAN.
 
 Unlike the release, the consistency loss reaches the generator (masked to the hole on
 both sides), and the feature discriminator's generator term sees VGG(fake) with gradient.
@@ -73,7 +73,7 @@ class ConsistencyLoss(nn.Module):
 
 @dataclass
 class LossWeights:
-    """The release's weights (SPEC 6); a weight of 0 switches its term off."""
+    """The release's weights (docs/method.md, 'Losses'); a weight of 0 switches its term off."""
 
     l1: float = 100.0  # on both stages: l1 * (L1(refined) + L1(rough))
     l1_hole: float = 1.0  # hole pixels' weight in the L1 terms, known pixels' being 1 (1: the paper's plain mean)
@@ -154,7 +154,7 @@ class Objective(nn.Module):
 
     def generator_loss(self, d_image: Optional[nn.Module], d_feature: Optional[nn.Module], out: GeneratorOutput,
                        gt: Tensor, mask: Tensor, feats: VGGPair) -> dict[str, Tensor]:
-        """The weighted generator objective of SPEC 6; unweighted terms are returned too."""
+        """The weighted generator objective (docs/method.md, 'Losses'); unweighted terms are returned too."""
         w = self.weights
         terms = {"l1_refined": weighted_l1(out.refined, gt, mask, w.l1_hole),
                  "l1_rough": weighted_l1(out.rough, gt, mask, w.l1_hole)}

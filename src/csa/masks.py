@@ -1,6 +1,6 @@
 """Masks: seeded generators, mask-folder reading, PConv-style augmentation, a per-sample sampler.
 
-Every mask here is an ``H x W`` bool array, True = hole (SPEC 1). Generators are
+Every mask here is an ``H x W`` bool array, True = hole (docs/conventions.md, 'Tensors and arrays'). Generators are
 deterministic given a seed (an int or a :class:`numpy.random.Generator`):
 
 =============== ==============================================================================
@@ -10,7 +10,7 @@ kind            what (sizes are for 256 x 256 and scale with the shorter side)
 ``centre:N``    a centred N x N square (``centre:120`` is the release's setting)
 ``rect``        one axis-aligned rectangle, each side U[1/4, 1/2] of the image side, anywhere
 ``rect:N``      an N x N square anywhere in the image
-``freeform``    DeepFill v2 free-form brush strokes (SPEC 10)
+``freeform``    DeepFill v2 free-form brush strokes (docs/method.md, 'Masks')
 ``lama-thin``   LaMa's "thin" strokes
 ``lama-medium`` LaMa's "medium" strokes, or boxes
 ``lama-thick``  LaMa's "thick" strokes, or boxes
@@ -158,7 +158,7 @@ def _rect(h: int, w: int, rng: np.random.Generator, arg: Optional[int]) -> np.nd
 
 
 def _freeform(h: int, w: int, rng: np.random.Generator, arg: Optional[int]) -> np.ndarray:
-    """DeepFill v2 free-form strokes (SPEC 10).
+    """DeepFill v2 free-form strokes (docs/method.md, 'Masks').
 
     1-3 strokes; each starts at a random pixel and makes 4-11 moves. A stroke picks an
     angle band [2pi/5 - U(0, 2pi/15), 2pi/5 + U(0, 2pi/15)] and its moves alternate
@@ -503,7 +503,7 @@ def augment_mask(mask: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
 
 
 def has_known_feature(mask: np.ndarray) -> bool:
-    """True if the mask leaves at least one known position at feature resolution (SPEC 4)."""
+    """True if the mask leaves a known position at feature resolution (docs/method.md, 'The CSA layer: feature mask')."""
     import torch
 
     from .nn.attention import feature_mask

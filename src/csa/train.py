@@ -1,6 +1,6 @@
 """Training: the Trainer (steps, checkpoints, resume, logging, DDP) and ``csa export``.
 
-One iteration, in the release's order (SPEC 6-8):
+One iteration, in the release's order (docs/method.md, 'Training recipe'):
 
 1. generator forward (rough, composite, refine), and one VGG16 pass on the ground truth
    and one on the fake, shared by both steps (:meth:`csa.losses.Objective.vgg_features`);
@@ -193,7 +193,7 @@ class EpochBatches(Sampler[list[int]]):
 
 
 def lr_factor(cfg: Config, epoch: int, step: int) -> float:
-    """The learning-rate multiplier of SPEC 8 (``lr_unit: epoch``) or its per-step form."""
+    """The learning-rate multiplier of docs/method.md, 'Training recipe' (``lr_unit: epoch``) or its per-step form."""
     t = cfg.train
     if t.lr_schedule == "constant":
         return 1.0

@@ -9,7 +9,7 @@ memory. L is the largest hole count of the batch; sample n uses rows ``j < nh[n]
 Positions come from ``order[n]`` (N x HW, from :func:`plan`): the hole positions first
 (``j < nh[n]``), then the known ones, each in raster order.
 
-Arithmetic follows SPEC 5 (see :func:`csa.nn.attention.csa_reference`); dot products and
+Arithmetic follows docs/method.md, 'The CSA layer' (see :func:`csa.nn.attention.csa_reference`); dot products and
 norms accumulate in float64, vector updates run in the storage dtype (float32 SIMD lanes for
 float32). The kernels run single-threaded and release the GIL: their work is O(holes x C)
 per call, and a numba thread pool next to torch's OpenMP pool was measured to slow both.

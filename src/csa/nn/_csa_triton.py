@@ -13,7 +13,7 @@ Layouts: features transposed to rows, ``xt[n, p, :]`` (N x HW x C, contiguous), 
 every load is one contiguous row. ``order[n]`` lists sample n's hole positions, then its
 known positions, each in raster order; ``nh[n]`` is its hole count.
 
-Arithmetic: as :mod:`csa.nn._csa_numba` (SPEC 5), in the work dtype (float32 or float64).
+Arithmetic: as :mod:`csa.nn._csa_numba` (docs/method.md, 'The CSA layer'), in the work dtype (float32 or float64).
 ``stats[n, j, :]`` keeps 0 a, 1 b, 2 Dad, 3 Dmax (both as used), 4 a's denominator,
 5 |q_j|, 6 |g_{j-1}|, 7 |s_j| for the backward.
 """

@@ -1,4 +1,4 @@
-"""The Coherent Semantic Attention (CSA) layer and the feature-mask rule (SPEC 4-5).
+"""The Coherent Semantic Attention (CSA) layer and the feature-mask rule (docs/method.md, 'The CSA layer').
 
 Plain, readable reference implementation: a loop over samples and holes with autograd
 doing the gradients. :mod:`csa.nn.fast_attention` holds the fast path; this module stays
@@ -83,7 +83,7 @@ def blend_weights(dad: Tensor, dmax: Tensor, mode: str) -> tuple[Tensor, Tensor]
 
 
 def csa_reference(features: Tensor, mask: Tensor, mode: str = "stable") -> Tensor:
-    """The CSA layer, written plainly: one sample and one hole at a time (SPEC 5).
+    """The CSA layer, written plainly: one sample and one hole at a time (docs/method.md, 'The CSA layer').
 
     ``features`` N x C x H x W; ``mask`` N x 1 x H x W at feature resolution (1 = hole).
     Known positions pass through; each hole becomes a blend of its best-matching known
@@ -121,7 +121,7 @@ class CoherentSemanticAttention(nn.Module):
     """The CSA layer: ``layer(features, mask)`` with the mask at feature resolution.
 
     mode='official' reproduces the release's arithmetic (for converted checkpoints);
-    mode='stable' (default for new training) uses clamped true cosines (SPEC 5).
+    mode='stable' (default for new training) uses clamped true cosines (docs/method.md, 'The CSA layer: modes').
     No parameters. Every sample must keep a known position: check the mask once with
     :func:`check_known_positions` before the network runs.
 

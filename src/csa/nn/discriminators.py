@@ -1,4 +1,4 @@
-"""The two discriminators (SPEC 7): a 70x70 PatchGAN on images and a patch discriminator
+"""The two discriminators (docs/method.md, 'Discriminators'): a 70x70 PatchGAN on images and a patch discriminator
 on VGG16 pool3 features. Module layouts follow the release (``model.N`` keys)."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The fast CSA layer (issue 3): batched search, compiled recurrence, analytic backward.
+"""The fast CSA layer: batched search, compiled recurrence, analytic backward.
 
-Same arithmetic as :func:`csa.nn.attention.csa_reference` (SPEC 5), organised for speed:
+Same arithmetic as :func:`csa.nn.attention.csa_reference` (docs/method.md, 'The CSA layer'), organised for speed:
 
 * Search: per sample one product of the hole queries against the normalised known keys
   (``holes x C`` times ``C x known``), chunked over the holes so that the score block never

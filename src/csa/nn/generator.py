@@ -1,4 +1,4 @@
-"""The two-stage CSA generator: a rough U-Net, then a refine U-Net with the CSA layer (SPEC 1-3).
+"""The two-stage CSA generator: a rough U-Net, then a refine U-Net with the CSA layer (docs/method.md, 'The two stages').
 
 Both U-Nets keep the release's nested ``model.model.N`` module layout, so the release's
 state dicts load by key with only a prefix added (see :mod:`csa.checkpoints`).
@@ -122,7 +122,7 @@ class RefineInnermost(nn.Module):
 
 
 class RefineBlock(nn.Module):
-    """A plain level of the refine U-Net (SPEC 3)."""
+    """A plain level of the refine U-Net (docs/method.md, 'The refine network')."""
 
     def __init__(self, outer: int, inner: int, submodule: nn.Module) -> None:
         super().__init__()
@@ -260,7 +260,7 @@ def check_inputs(image: Tensor, mask: Tensor) -> None:
 
 
 class CSAGenerator(nn.Module):
-    """Rough U-Net, composite, refine U-Net with CSA; ``forward(image, mask)`` (SPEC 1).
+    """Rough U-Net, composite, refine U-Net with CSA; ``forward(image, mask)`` (docs/method.md, 'The two stages').
 
     The hole's pixels are never read: they are replaced (not multiplied) before use, so
     NaNs or garbage in the hole cannot leak into the output.
@@ -296,7 +296,7 @@ class CSAGenerator(nn.Module):
 
 
 def build_generator(config: Optional[ModelConfig] = None) -> CSAGenerator:
-    """A freshly initialised generator (N(0, 0.02) conv weights, zero biases; SPEC 7)."""
+    """A freshly initialised generator (N(0, 0.02) conv weights, zero biases; docs/method.md, 'Training recipe')."""
     model = CSAGenerator(config)
     init_weights(model)
     return model
