@@ -1,4 +1,4 @@
-"""Image-quality metrics of an inpainting result against its ground truth (SPEC 10).
+"""Image-quality metrics of an inpainting result against its ground truth.
 
 Every metric takes ``pred`` and ``gt`` as HxWx3 arrays, either uint8 (0-255) or float in
 [0, 1], and works in float64 on the [0, 1] scale. ``pred`` is meant to be the composited

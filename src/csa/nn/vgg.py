@@ -1,4 +1,4 @@
-"""Frozen VGG16 feature extractor (up to relu4_3) and its weight loading (SPEC 6-7).
+"""Frozen VGG16 feature extractor (up to relu4_3) and its weight loading.
 
 The layers copy torchvision's ``vgg16().features`` layout and key names
 (``features.0.weight`` ... ``features.21.bias``), so torchvision's published
