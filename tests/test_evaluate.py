@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sys
 import types
 from pathlib import Path
@@ -15,7 +16,18 @@ from PIL import Image
 
 from csa import evaluate as ev
 from csa import metrics
+from csa import weights
 from csa.errors import CsaError
+
+# The real cache, before the fixture below hides it (the real-weights test uses it).
+REAL_XDG = os.environ.get("XDG_CACHE_HOME")
+
+
+@pytest.fixture(autouse=True)
+def _empty_weights_cache(tmp_path, monkeypatch):
+    """No cached LPIPS / Inception files unless a test asks for them: the numbers below are
+    those of the classical metrics, and no test pays for Inception passes by accident."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
 
 
 def _photo(i: int, size: int = 32) -> np.ndarray:
@@ -82,9 +94,12 @@ def test_evaluate_pairs_numbers_and_files(tmp_path):
     assert res["perfect"]["all"]["psnr"] == 100.0
     # the truth's own TV is reported for comparison
     assert summary["ground_truth"]["all"]["tv"] == pytest.approx(np.mean([metrics.tv(p[1]) for p in pairs]))
-    # FID / LPIPS skipped with a reason, never reported as a number
-    assert set(summary["skipped"]) == {"fid", "lpips"}
-    assert all("fid" not in b and "lpips" not in b for m in res.values() for b in m.values())
+    # FID / KID / LPIPS skipped with the command that fetches their weights, never reported as a number
+    assert set(summary["skipped"]) == {"fid", "kid", "lpips"}
+    assert "`csa weights fetch lpips`" in summary["skipped"]["lpips"]
+    assert "`csa weights fetch inception`" in summary["skipped"]["fid"] == summary["skipped"]["kid"]
+    assert all(k not in b for k in ("fid", "kid", "lpips") for m in res.values() for b in m.values())
+    assert summary["metric_files"] == {} and not (out / "features.npz").exists()
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["results"] == json.loads(json.dumps(res))
     assert set(on_disk["seconds_per_image"]) == {"telea", "grey", "perfect"}
@@ -137,10 +152,14 @@ def test_optional_fid_and_lpips_paths(tmp_path):
     summary = ev.evaluate_pairs(pairs, ["telea", "ns"], tmp_path / "o", fid_model=fid_file, lpips_net=net,
                                 lpips_lin=lin, grid=0, progress=False)
     assert summary["skipped"] == {}
-    assert summary["metrics"][-2:] == ["lpips", "fid"]
+    assert summary["metrics"][-3:] == ["lpips", "fid", "kid"]
     res = summary["results"]["telea"]
-    assert res["all"]["fid"] > 0 and res["all"]["lpips"] > 0
-    assert all("fid" not in res[b] for b in summary["buckets"] if b != "all")  # a set statistic
+    # KID is unbiased, so it can be negative on 3 images of a toy feature extractor
+    assert res["all"]["fid"] > 0 and res["all"]["lpips"] > 0 and math.isfinite(res["all"]["kid"])
+    assert all("fid" not in res[b] and "kid" not in res[b] for b in summary["buckets"] if b != "all")  # set statistics
+    files = summary["metric_files"]
+    assert files["inception"]["kind"] == "nvidia" and files["inception"]["sha256"] == weights.sha256_file(fid_file)
+    assert files["lpips"]["lin_sha256"] == weights.sha256_file(lin) and "preprocessing" in files["lpips"]
     rows = _read_csv(tmp_path / "o" / "per_image.csv")
     assert all(float(r["lpips"]) > 0 for r in rows)
     with pytest.raises(CsaError, match="both"):
@@ -243,10 +262,12 @@ def test_mask_folder_paired_by_name(photo_dir, tmp_path):
     assert summary["settings"]["pairing"] == "name"
 
 
-def test_unreadable_image_is_reported_and_skipped(photo_dir, tmp_path):
+def test_unreadable_image_is_reported_and_skipped(photo_dir, tmp_path, capsys):
     (photo_dir / "p9.png").write_bytes(b"not a png")
-    with pytest.warns(Warning, match="p9.png"):
-        summary = ev.evaluate(photo_dir, "centre:8", ["telea"], tmp_path / "out", size=32, progress=False, grid=0)
+    summary = ev.evaluate(photo_dir, "centre:8", ["telea"], tmp_path / "out", size=32, progress=False, grid=0)
+    # one line in the user's terms, not Python's "file.py:123: DataWarning" form
+    err = [line for line in capsys.readouterr().err.splitlines() if "p9.png" in line]
+    assert len(err) == 1 and err[0].startswith("warning: skipping evaluation image ") and ".py:" not in err[0]
     assert summary["n_images"] == 3
     assert [Path(f).name for f, _ in summary["skipped_images"]] == ["p9.png"]
 
@@ -285,3 +306,59 @@ def test_weights_file_method_with_the_real_inpainter(tiny_weights, tmp_path):
     # known pixels untouched: the full-image L1 is the hole L1 diluted by the hole ratio
     for r in rows:
         assert float(r["l1"]) == pytest.approx(float(r["l1_hole"]) * float(r["hole_ratio"]), rel=1e-9)
+
+
+def _real_cache(monkeypatch) -> None:
+    """Use the real cache; without the files: skip here, fail in CI (make test fetches them first)."""
+    if REAL_XDG is None:
+        monkeypatch.delenv("XDG_CACHE_HOME")
+    else:
+        monkeypatch.setenv("XDG_CACHE_HOME", REAL_XDG)
+    for name in ("lpips", "inception"):
+        if weights.cached_path(name) is None:
+            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+                pytest.fail(f"CI runs the value tests: `{weights.fetch_command(name)}` must run before pytest")
+            pytest.skip(f"the {name} weights are not cached: {weights.fetch_command(name)}")
+
+
+def test_real_learned_metrics_by_default(tmp_path, monkeypatch):
+    _real_cache(monkeypatch)
+    pairs = [(n, np.ascontiguousarray(np.kron(im, np.ones((2, 2, 1), np.uint8))), np.kron(m, np.ones((2, 2), bool)))
+             for n, im, m in _pairs(3)]  # 64x64
+    features = tmp_path / "features"
+    monkeypatch.setattr(ev, "_learned_metrics", _with_feature_dir(ev._learned_metrics, features))
+    perfect = lambda image, mask: image.copy()  # noqa: E731
+    summary = ev.evaluate_pairs(pairs, {"grey": grey_fill, "perfect": perfect}, tmp_path / "o", grid=0, progress=False)
+    assert summary["skipped"] == {} and summary["metrics"][-3:] == ["lpips", "fid", "kid"]
+    res = summary["results"]
+    # LPIPS per pair, so per bucket; the exact answer scores 0 on all three
+    assert res["perfect"]["all"]["lpips"] == 0.0 and res["grey"]["0.1-0.2"]["lpips"] > 0
+    assert res["perfect"]["all"]["kid"] == pytest.approx(0.0, abs=1e-12)  # paired sets, same features
+    assert res["perfect"]["all"]["fid"] == pytest.approx(0.0, abs=1e-3)  # eigenvalue round-off of a rank-2 covariance
+    assert res["grey"]["all"]["fid"] > 1 and res["grey"]["all"]["kid"] > 0
+    files = summary["metric_files"]
+    assert files["lpips"]["net"] == "alex" and files["lpips"]["tensors_sha256"] == weights.REGISTRY["lpips"].files[
+        "lpips_alex.safetensors"][1]
+    assert files["inception"]["sha256"] == weights.INCEPTION_SHA256 and files["inception"]["kind"] == "fid-helper"
+    assert "x/128 - 1" in files["inception"]["preprocessing"] and files["inception"]["cached_truth_features"] == 0
+    names, real, fakes = __import__("csa.perceptual", fromlist=["x"]).load_features(tmp_path / "o" / "features.npz")
+    assert names == ["img0", "img1", "img2"] and real.shape == (3, 2048) and set(fakes) == {"grey", "perfect"}
+    again = ev.evaluate_pairs(pairs, {"grey": grey_fill}, tmp_path / "o2", grid=0, progress=False, lpips="vgg")
+    assert again["metric_files"]["inception"]["cached_truth_features"] == 3  # the truths' features came from the cache
+    assert again["results"]["grey"]["all"]["fid"] == pytest.approx(res["grey"]["all"]["fid"], rel=1e-6)
+    assert again["metric_files"]["lpips"]["net"] == "vgg"
+    off = ev.evaluate_pairs(pairs, ["ns"], tmp_path / "o3", grid=0, progress=False, lpips="off", fid=False)
+    assert set(off["skipped"]) == {"lpips", "fid", "kid"} and off["metric_files"] == {}
+
+
+def _with_feature_dir(real_fn, folder):
+    """_learned_metrics with the feature cache in ``folder`` (not the user's cache)."""
+    from csa.perceptual import FeatureCache
+
+    def wrapped(*args, **kw):
+        lpips_fn, acc, skipped = real_fn(*args, **kw)
+        if acc is not None and acc.cache is not None:
+            acc.cache = FeatureCache.for_model(acc.inception, folder)
+        return lpips_fn, acc, skipped
+
+    return wrapped

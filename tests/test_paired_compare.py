@@ -51,3 +51,29 @@ def test_bad_inputs_say_what_to_do(tool, tmp_path, capsys) -> None:
         tool.main([str(path), "--method", "m", "--against", "x", "--metric", "lpips"])
     assert tool.main([str(path), "--method", "m", "--against", "x"]) == 0
     assert "| l1_hole | m | x | 1 | 1 |" in capsys.readouterr().out
+
+
+def test_kid_rows_from_a_runs_features(tool, tmp_path, capsys) -> None:
+    import numpy as np
+
+    from csa.perceptual import kid_from_features
+
+    rng = np.random.default_rng(0)
+    names = [f"{p}_c{k}" for p in "abcdef" for k in range(3)]
+    real = rng.normal(size=(len(names), 8))
+    fakes = {"m": real + 0.1 * rng.normal(size=real.shape), "x": real + 1.5 + rng.normal(size=real.shape)}  # x: shifted
+    features = tmp_path / "features.npz"
+    np.savez(features, names=np.array(names), real=real.astype(np.float32),
+             **{f"fake:{k}": v.astype(np.float32) for k, v in fakes.items()})
+    r = tool.compare_kid(features, "m", "x", "_c", 200, 0)
+    assert (r["images"], r["groups"]) == (18, 6)
+    r32 = {k: v.astype(np.float32).astype(np.float64) for k, v in fakes.items()}  # as stored
+    assert r["kid_a"] == pytest.approx(kid_from_features(real.astype(np.float32), r32["m"], paired=True), rel=1e-9)
+    assert r["ci_low"] <= r["diff"] <= r["ci_high"] < 0  # m is much closer to the truths
+    path = write_csv(tmp_path / "p.csv", [(n, lab, 0.1, 20.0) for n in names for lab in ("m", "x")])
+    assert tool.main([str(path), "--method", "m", "--against", "x", "--features", str(features), "--draws", "50"]) == 0
+    assert "| kid | m | x | 18 | 6 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no features of 'y'"):
+        tool.compare_kid(features, "m", "y", "_c", 10, 0)
+    with pytest.raises(SystemExit, match="features.npz of a csa evaluate run"):
+        tool.compare_kid(tmp_path / "missing.npz", "m", "x", "_c", 10, 0)

