@@ -119,3 +119,42 @@ def test_l1_hole_weight_is_a_config_key() -> None:
     assert Config().with_overrides(["loss.l1_hole_weight=6"]).loss.l1_hole_weight == 6.0
     with pytest.raises(CsaError, match="l1_hole_weight"):
         Config().with_overrides(["loss.l1_hole_weight=0"])
+
+
+def test_texture_terms_are_scale_free_and_see_texture():
+    """perceptual and style: 0 for identical features, the same for any VGG activation scale,
+    and the style term tells a smooth fill from a textured one of the same mean."""
+    from csa.losses import gram, perceptual_loss, style_loss
+
+    g = torch.Generator().manual_seed(0)
+    real = [torch.rand(2, c, s, s, generator=g) for c, s in ((8, 16), (16, 8), (32, 4))]
+    assert perceptual_loss(real, real).item() == 0.0 and style_loss(real, real).item() == 0.0
+    fake = [r + 0.1 * torch.randn(r.shape, generator=g) for r in real]
+    for loss in (perceptual_loss, style_loss):
+        a = loss(fake, real)
+        b = loss([7.0 * f for f in fake], [7.0 * r for r in real])
+        # the same arithmetic on scaled inputs: equal to float32 rounding of a few sums
+        assert torch.allclose(a, b, rtol=1e-5), (loss.__name__, a, b)
+    # a flat fill with the texture's mean vs the texture itself: the Gram matrices differ
+    texture = torch.rand(1, 4, 16, 16, generator=g)
+    flat = texture.mean(dim=(2, 3), keepdim=True).expand_as(texture)
+    assert style_loss([flat], [texture]).item() > 0.05
+    assert gram(texture).shape == (1, 4, 4)
+
+
+def test_texture_terms_reach_the_generator():
+    """With loss.style / loss.perceptual on, the terms appear and their gradient reaches the refine net."""
+    torch.manual_seed(0)
+    config = ModelConfig(rough_ngf=4, refine_ngf=4)
+    model = build_generator(config)
+    weights = LossWeights(consistency=0.0, gan_image=0.0, gan_feature=0.0, perceptual=1.0, style=1.0)
+    objective = Objective(VGG16Features(), config.tap_channels, weights)
+    x = torch.rand(1, 3, 256, 256) * 2 - 1
+    mask = torch.zeros(1, 1, 256, 256)
+    mask[..., 96:160, 96:160] = 1
+    out = model(x, mask)
+    terms = objective.generator_loss(None, None, out, x, mask, objective.vgg_features(out, x))
+    assert terms["perceptual"].item() > 0 and terms["style"].item() > 0
+    (terms["perceptual"] + terms["style"]).backward()
+    grads = [p.grad for n, p in model.named_parameters() if n.startswith("refine") and p.grad is not None]
+    assert grads and any(gr.abs().sum() > 0 for gr in grads)

@@ -100,7 +100,9 @@ def test_forward_shapes_and_normalisation(random_sd) -> None:
     out = model(x)
     assert out.pool3.shape == (2, 256, 4, 6)
     assert out.relu4_3.shape == (2, 512, 4, 6)
-    assert out._fields == ("pool3", "relu4_3")
+    assert out._fields == ("pool3", "relu4_3", "pool1", "pool2")
+    assert out.pool1.shape == (2, 64, 16, 24) and out.pool2.shape == (2, 128, 8, 12)
+    assert [t.shape[1] for t in out.pools] == [64, 128, 256]
     # Same as torchvision's convention applied by hand to the [0, 1] image.
     xt = ((x + 1) / 2 - MEAN) / STD
     with torch.no_grad():

@@ -80,10 +80,16 @@ class LossWeights:
     consistency: float = 1.0
     gan_image: float = 0.2
     gan_feature: float = 0.2
+    perceptual: float = 0.0  # not in the paper: VGG feature distance at the three pools
+    style: float = 0.0  # not in the paper: Gram-matrix (texture statistics) distance at the three pools
+
+    @property
+    def needs_fake_vgg(self) -> bool:
+        return self.gan_feature > 0 or self.perceptual > 0 or self.style > 0
 
     @property
     def needs_vgg(self) -> bool:
-        return self.consistency > 0 or self.gan_feature > 0
+        return self.consistency > 0 or self.needs_fake_vgg
 
 
 def weighted_l1(output: Tensor, target: Tensor, mask: Tensor, hole_weight: float = 1.0) -> Tensor:
@@ -100,12 +106,50 @@ def weighted_l1(output: Tensor, target: Tensor, mask: Tensor, hole_weight: float
         return ((output - target).abs() * weight).mean()
 
 
+def gram(features: Tensor) -> Tensor:
+    """N x C x C Gram matrices of N x C x H x W features, divided by C * H * W (float32)."""
+    with torch.autocast(features.device.type, enabled=False):
+        (f,) = _float32(features)
+        n, c, h, w = f.shape
+        f = f.reshape(n, c, h * w)
+        return f @ f.transpose(1, 2) / (c * h * w)
+
+
+def _relative_l1(fake: Tensor, real: Tensor) -> Tensor:
+    """mean |fake - real| / mean |real|: the same size whatever the scale of the VGG file."""
+    with torch.autocast(fake.device.type, enabled=False):
+        fake, real = _float32(fake, real)
+        return (fake - real).abs().mean() / real.abs().mean().detach().clamp(min=1e-8)
+
+
+def perceptual_loss(fake_pools: Sequence[Tensor], real_pools: Sequence[Tensor]) -> Tensor:
+    """Mean over VGG's three pools of the relative L1 distance of the features.
+
+    Not in the paper: a feature-space reconstruction term (Johnson et al. 2016; Liu et al.
+    2018 use it for inpainting), relative to the real features' size so that its weight
+    does not depend on how the VGG file scales its activations.
+    """
+    return sum(_relative_l1(f, r) for f, r in zip(fake_pools, real_pools)) / len(real_pools)
+
+
+def style_loss(fake_pools: Sequence[Tensor], real_pools: Sequence[Tensor]) -> Tensor:
+    """Mean over VGG's three pools of the relative L1 distance of the Gram matrices.
+
+    Not in the paper: Gatys et al.'s texture statistics, used for inpainting by Liu et al.
+    2018: a fill whose feature correlations differ from the photo's (a smooth smear in
+    grass) costs, whatever the exact pixels.
+    """
+    return sum(_relative_l1(gram(f), gram(r)) for f, r in zip(fake_pools, real_pools)) / len(real_pools)
+
+
 class VGGPair(NamedTuple):
     """VGG16 features of the ground truth (no gradient) and of the fake (with gradient)."""
 
     real_pool3: Optional[Tensor]
     real_relu43: Optional[Tensor]
     fake_pool3: Optional[Tensor]
+    real_pools: tuple[Tensor, ...] = ()  # pool1, pool2, pool3: the texture terms
+    fake_pools: tuple[Tensor, ...] = ()
 
 
 class Objective(nn.Module):
@@ -138,8 +182,9 @@ class Objective(nn.Module):
             return VGGPair(None, None, None)
         with torch.no_grad():
             real = self.vgg(gt)
-        fake_pool3 = self.vgg(self.fake(out), stop_at_pool3=True).pool3 if self.weights.gan_feature > 0 else None
-        return VGGPair(real.pool3, real.relu4_3, fake_pool3)
+        fake = self.vgg(self.fake(out), stop_at_pool3=True) if self.weights.needs_fake_vgg else None
+        return VGGPair(real.pool3, real.relu4_3, fake.pool3 if fake is not None else None,
+                       real.pools, fake.pools if fake is not None else ())
 
     def discriminator_loss(self, d_image: nn.Module, d_feature: nn.Module, out: GeneratorOutput,
                            gt: Tensor, feats: VGGPair) -> dict[str, Tensor]:
@@ -169,5 +214,11 @@ class Objective(nn.Module):
         if w.gan_feature > 0:
             terms["g_feature"] = ralsgan_g(d_feature(feats.real_pool3).detach(), d_feature(feats.fake_pool3))
             total = total + w.gan_feature * terms["g_feature"]
+        if w.perceptual > 0:
+            terms["perceptual"] = perceptual_loss(feats.fake_pools, feats.real_pools)
+            total = total + w.perceptual * terms["perceptual"]
+        if w.style > 0:
+            terms["style"] = style_loss(feats.fake_pools, feats.real_pools)
+            total = total + w.style * terms["style"]
         terms["total"] = total
         return terms

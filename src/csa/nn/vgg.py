@@ -39,6 +39,7 @@ _CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512)
 # The whole convolutional part, to conv5_3 (LPIPS taps relu5_3).
 VGG16_CONV5_CFG = _CFG + ("M", 512, 512, 512)
 POOL3_INDEX = 16  # features[16]: third max-pool, 256 x H/8 x W/8
+POOL_INDICES = (4, 9, POOL3_INDEX)  # the three max-pools: 64 x H/2, 128 x H/4, 256 x H/8
 RELU4_3_INDEX = 22  # features[22]: ReLU after conv4_3, 512 x H/8 x W/8
 # torchvision indices of the ten conv layers up to conv4_3, in network order.
 CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21)
@@ -71,10 +72,17 @@ def vgg_layers(cfg: Sequence[Union[int, str]] = _CFG, inplace: bool = False) -> 
 
 
 class VGGOutput(NamedTuple):
-    """Features of one pass: ``pool3`` (N x 256 x H/8 x W/8), ``relu4_3`` (N x 512 x H/8 x W/8)."""
+    """Features of one pass: ``pool3`` (N x 256 x H/8 x W/8), ``relu4_3`` (N x 512 x H/8 x W/8),
+    and the first two pools on the way (64 x H/2 x W/2, 128 x H/4 x W/4: the texture terms)."""
 
     pool3: Tensor
     relu4_3: Optional[Tensor]  # None when the pass stopped at pool3
+    pool1: Optional[Tensor] = None
+    pool2: Optional[Tensor] = None
+
+    @property
+    def pools(self) -> tuple[Tensor, ...]:
+        return tuple(t for t in (self.pool1, self.pool2, self.pool3) if t is not None)
 
 
 def required_state_dict_shapes() -> dict[str, tuple[int, ...]]:
@@ -125,13 +133,16 @@ class VGG16Features(nn.Module):
         # [-1, 1] -> [0, 1] -> ImageNet-normalised (torchvision's convention).
         h = ((x + 1.0) * 0.5 - self.mean) / self.std
         pool3 = h
+        pools: list[Tensor] = []
         for i, layer in enumerate(self.features):
             h = layer(h)
+            if i in POOL_INDICES[:2]:
+                pools.append(h)
             if i == POOL3_INDEX:
                 pool3 = h
                 if stop_at_pool3:
-                    return VGGOutput(pool3=pool3, relu4_3=None)
-        return VGGOutput(pool3=pool3, relu4_3=h)
+                    return VGGOutput(pool3=pool3, relu4_3=None, pool1=pools[0], pool2=pools[1])
+        return VGGOutput(pool3=pool3, relu4_3=h, pool1=pools[0], pool2=pools[1])
 
 
 def load_feature_weights(model: VGG16Features, state_dict: Mapping[str, Tensor]) -> None:
