@@ -159,7 +159,7 @@ class ModelWorker:
         self.pending += 1
         job = self._executor.submit(fn, *args, **kwargs)
         try:
-            result = await asyncio.wrap_future(job)
+            await asyncio.wait({asyncio.wrap_future(job)})
         except asyncio.CancelledError:
             # cancel() succeeds only while the job waits: the executor then never starts it.
             if job.cancel():
@@ -169,8 +169,8 @@ class ModelWorker:
             raise
         finally:
             self.pending -= 1
-        self.done += 1
-        return result
+        self.done += 1  # a result or an error: either way it is answered
+        return job.result()
 
     def counts(self) -> dict[str, int]:
         return {"queue": self.pending, "done": self.done, "dropped": self.dropped, "discarded": self.discarded}
@@ -411,8 +411,9 @@ def create_app(
     async def health() -> dict[str, Any]:
         """Liveness and queue state; answered at once even while the model is busy.
 
-        ``queue``: requests waiting or running; ``done``: answered; ``dropped``: cancelled
-        by their client before they ran; ``discarded``: cancelled while running.
+        ``queue``: requests waiting or running; ``done``: finished (a result or an error);
+        ``dropped``: cancelled by their client before they ran (they never run);
+        ``discarded``: cancelled while running (they finish, the result is thrown away).
         """
         return {"status": "ok", **worker.counts(), "limits": limits}
 

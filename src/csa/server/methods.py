@@ -74,8 +74,11 @@ def model_method(inpainter: Any) -> Method:
     """The served model, described by its ``model_info()``."""
     info = inpainter.model_info() if hasattr(inpainter, "model_info") else {}
     name = info.get("name") or "unnamed"
-    what = "the CSA model" if info.get("method", MODEL_ID) == MODEL_ID else "the served method"
-    return Method(MODEL_ID, f"{what} ({name}): a learned fill at the model's training size",
+    if info.get("method", MODEL_ID) == MODEL_ID:
+        description = f"the CSA model ({name}): a learned fill, best on large holes in smooth or shaded areas"
+    else:
+        description = f"the method this server was started with ({name})"
+    return Method(MODEL_ID, description,
                   tuple(info.get("strategies") or ()), str(info.get("default_strategy") or "its own"), inpainter)
 
 
