@@ -107,7 +107,11 @@ def evaluate(
     limit: Optional[int] = typer.Option(None, "--limit", help="use only the first N pairs"),
     grid: int = typer.Option(4, "--grid", help="rows (images) in grid.png; 0 for none"),
     device: str = typer.Option("cpu", "--device", help="torch device for csa models and FID/LPIPS"),
-    fid_model: Optional[Path] = typer.Option(None, "--fid-model", help="Inception TorchScript file for FID"),
+    lpips: str = typer.Option("alex", "--lpips", help="LPIPS network: alex, vgg or off (weights: csa weights fetch lpips)"),
+    fid: bool = typer.Option(True, "--fid/--no-fid", help="FID and KID (weights: csa weights fetch inception)"),
+    fid_model: Optional[Path] = typer.Option(
+        None, "--fid-model", help="your own Inception TorchScript file (e.g. NVIDIA's inception-2015-12-05.pt) instead "
+                                  "of the fetched one; loading it runs code from it: trusted files only"),
     lpips_net: Optional[Path] = typer.Option(None, "--lpips-net", help="torchvision AlexNet/VGG16 weights for LPIPS"),
     lpips_lin: Optional[Path] = typer.Option(None, "--lpips-lin", help="LPIPS v0.1 linear heads (alex.pth / vgg.pth)"),
 ) -> None:
@@ -118,7 +122,7 @@ def evaluate(
 
     summary = run_evaluation(
         images, masks, method, out, size=size, seed=seed, limit=limit, grid=grid, device=device,
-        fid_model=fid_model, lpips_net=lpips_net, lpips_lin=lpips_lin,
+        lpips=lpips, fid=fid, fid_model=fid_model, lpips_net=lpips_net, lpips_lin=lpips_lin,
     )
     typer.echo(markdown_table(summary))
     typer.echo("")
