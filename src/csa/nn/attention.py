@@ -63,19 +63,20 @@ def search(queries: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
     return idx, dmax
 
 
-def blend_weights(dad: Tensor, dmax: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+def blend_weights(dad: Tensor, dmax: Tensor, mode: str, eps: float = EPS) -> tuple[Tensor, Tensor]:
     """The recurrence weights (a, b) from the two similarities, in either mode.
 
     In 'stable' mode the inputs are cosines; they are clamped at 0, and when both are 0
     the new position copies its own best match (b = 1). In 'official' mode this is the
-    release's unguarded ratio.
+    release's unguarded ratio. TorchScript compiles it (csa.export): hence ``eps`` as a
+    default argument, since scripted code cannot read a module's float constants.
     """
     if mode == "official":
         s = dad + dmax
         return dad / s, dmax / s
     dad, dmax = dad.clamp(min=0), dmax.clamp(min=0)
     s = dad + dmax
-    ok = s > EPS
+    ok = s > eps
     safe = torch.where(ok, s, torch.ones_like(s))
     a = torch.where(ok, dad / safe, torch.zeros_like(s))
     b = torch.where(ok, dmax / safe, torch.ones_like(s))
