@@ -1,9 +1,13 @@
 """Weights on disk: safetensors with the model config as JSON in the file's metadata,
-written atomically; and the converter for the official release's ``.pth`` checkpoints."""
+written atomically; the converter for the official release's ``.pth`` checkpoints; and
+:func:`load_inference_model`, which opens any model file by what it contains (a
+safetensors generator, or an ONNX / TorchScript export of one, see :mod:`csa.export`)."""
 from __future__ import annotations
 
 import json
 import os
+import struct
+import zipfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -32,11 +36,125 @@ def read_metadata(path: PathLike) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise CsaError(f"weights file not found: {path}")
+    kind = file_kind(path)
+    if kind in ("onnx", "torchscript"):
+        raise CsaError(f"{path} is {KIND_NAMES[kind]}: it runs in csa inpaint, evaluate and serve "
+                       "(--weights), but this needs the .safetensors generator it was exported from")
+    if kind == "torch-pickle":
+        raise CsaError(f"{path} is {KIND_NAMES[kind]}: convert release checkpoints with `csa convert`")
     try:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CsaError(f"{path} is not a readable safetensors file ({exc})") from None
+
+
+# --- telling model files apart by content ---------------------------------------------------
+
+KINDS = ("safetensors", "onnx", "torchscript", "torch-pickle")
+KIND_NAMES = {"safetensors": "a safetensors file", "onnx": "an ONNX export", "torchscript": "a TorchScript export",
+              "torch-pickle": "a PyTorch pickle (.pth)"}
+_SAFETENSORS_HEADER_LIMIT = 100 << 20  # the safetensors library refuses larger headers too
+# Top-level fields of ONNX's ModelProto (onnx/onnx.proto): number -> wire type (0 varint, 2 bytes).
+_ONNX_MODEL_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2, 26: 2}
+
+
+def file_kind(path: PathLike) -> Optional[str]:
+    """What a model file holds, read from its bytes (suffixes can lie): one of :data:`KINDS`, or None.
+
+    safetensors: an 8-byte little-endian header length, then a JSON header. TorchScript and
+    ``torch.save`` files are zip archives; TorchScript's holds compiled code (``code/``).
+    ONNX has no magic number: it is a protobuf ModelProto, recognised by walking its
+    top-level fields (only ModelProto's field numbers and wire types, an IR version and a graph).
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+            size = os.fstat(f.fileno()).st_size
+            if len(head) == 9:
+                (length,) = struct.unpack("<Q", head[:8])
+                if head[8:9] == b"{" and length <= min(size - 8, _SAFETENSORS_HEADER_LIMIT):
+                    return "safetensors"
+            if head[:4] == b"PK\x03\x04":
+                return _zip_kind(path)
+            if head[:1] == b"\x80":  # a pickle (protocol 2+): torch.save's legacy format
+                return "torch-pickle"
+            f.seek(0)
+            return "onnx" if _looks_like_onnx(f, size) else None
+    except OSError:
+        return None
+
+
+def _zip_kind(path: Path) -> Optional[str]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+    parts = [name.split("/", 1)[-1] for name in names]
+    if any(p.startswith("code/") for p in parts) or "constants.pkl" in parts:
+        return "torchscript"
+    return "torch-pickle" if "data.pkl" in parts else None
+
+
+def _varint(f) -> Optional[int]:
+    value = shift = 0
+    for _ in range(10):
+        byte = f.read(1)
+        if not byte:
+            return None
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+    return None
+
+
+def _looks_like_onnx(f, size: int, max_fields: int = 100_000) -> bool:
+    seen = set()
+    for _ in range(max_fields):
+        if f.tell() == size:
+            return 1 in seen and 7 in seen
+        tag = _varint(f)
+        if tag is None or _ONNX_MODEL_FIELDS.get(tag >> 3) != (tag & 7):
+            return False
+        value = _varint(f)
+        if value is None:
+            return False
+        if tag & 7 == 2:
+            if f.tell() + value > size:
+                return False
+            f.seek(value, os.SEEK_CUR)
+        seen.add(tag >> 3)
+    return False
+
+
+def load_inference_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> torch.nn.Module:
+    """A model file, opened by its content for inference: ``model(image, mask)`` returns ``.composite``.
+
+    safetensors: the PyTorch generator (:func:`load_generator`). ONNX: run by onnxruntime
+    (the [onnx] extra). TorchScript: run by ``torch.jit.load``, which runs code stored in the
+    file: load TorchScript files only from trusted sources. Exports run on CPU.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CsaError(f"weights file not found: {path}")
+    kind = file_kind(path)
+    if kind == "onnx":
+        from .runtime import load_onnx
+
+        return load_onnx(path, device)
+    if kind == "torchscript":
+        from .runtime import load_torchscript
+
+        return load_torchscript(path, device)
+    if kind == "torch-pickle":
+        raise CsaError(f"{path} is {KIND_NAMES[kind]}: convert release checkpoints with `csa convert` first")
+    if kind is None:
+        raise CsaError(f"{path} is not a model file csa can read: give a .safetensors generator, "
+                       "or an .onnx / .ts file written by `csa export`")
+    return load_generator(path, device)
 
 
 def save_generator(model: CSAGenerator, path: PathLike, *, half: bool = False,

@@ -46,7 +46,7 @@ from .metrics import HIGHER_IS_BETTER, METRICS
 Pair = tuple[str, np.ndarray, np.ndarray]  # (name, uint8 HxWx3 image, bool HxW mask)
 
 #: Suffixes taken as weights files of our own model.
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")
+WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".ts", ".pth", ".pt", ".ckpt")  # .onnx / .ts: csa export
 
 #: Display names and number formats of the metrics in reports.
 LABELS: dict[str, str] = {

@@ -285,11 +285,16 @@ class Inpainter:
         device: Union[str, torch.device] = "cpu",
         **kwargs: Any,
     ) -> "Inpainter":
-        """Load a safetensors model file (None: the bundled default model) onto ``device``."""
-        from .checkpoints import load_generator
+        """Load a model file (None: the bundled default model) onto ``device``.
+
+        The file's content decides how it runs (:func:`csa.checkpoints.load_inference_model`):
+        a .safetensors generator in PyTorch, an ONNX export in onnxruntime, a TorchScript
+        export in ``torch.jit.load`` (which runs the file's code: trusted sources only).
+        """
+        from .checkpoints import load_inference_model
 
         weights = Path(path) if path is not None else default_weights_path()
-        model = load_generator(weights, device=resolve_device(device))
+        model = load_inference_model(weights, device=resolve_device(device))
         kwargs.setdefault("name", weights.stem)
         return cls(model, weights=weights, **kwargs)
 
@@ -327,7 +332,8 @@ class Inpainter:
     def device(self) -> torch.device:
         if self.model is None:
             return torch.device("cpu")
-        return next(self.model.parameters()).device
+        first = next(self.model.parameters(), None)  # an ONNX model (csa.runtime) has none: CPU
+        return first.device if first is not None else torch.device("cpu")
 
     def model_info(self) -> dict[str, Any]:
         """What is loaded, for ``GET /api/v1/model`` and reports."""
@@ -336,7 +342,9 @@ class Inpainter:
             "method": "csa" if self.model is not None else self.name,
             "weights": str(self.weights) if self.weights else None,
             "file_size": self.weights.stat().st_size if self.weights and self.weights.is_file() else None,
-            "parameters": sum(p.numel() for p in self.model.parameters()) if self.model is not None else 0,
+            "parameters": (getattr(self.model, "parameter_count", None) or sum(p.numel() for p in self.model.parameters()))
+            if self.model is not None else 0,
+            "runtime": getattr(self.model, "runtime", "pytorch") if self.model is not None else None,
             "config": self.model.config.to_dict() if self.model is not None else None,
             "image_size": self.image_size,
             "device": str(self.device),
