@@ -65,6 +65,9 @@ def check_port_free(host: str, port: int) -> None:
 # --- commands -------------------------------------------------------------------------
 # Each command lives below; keep them thin: parse options, call the library, print.
 
+WEIGHTS_HELP = ("a model file instead of the bundled one: a .safetensors generator, or a `csa export` file "
+                "(.onnx runs in onnxruntime; .ts in TorchScript, which runs the file's code: trusted files only)")
+
 
 @app.command()
 def convert(
@@ -83,7 +86,7 @@ def convert(
 @app.command()
 def demo(
     out_dir: Path = typer.Option(Path("demo-output"), "-o", "--out-dir", help="where to write the pictures"),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="a model file instead of the bundled one"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
 ) -> None:
     """Inpaint the bundled sample photo with the bundled model and write a side-by-side picture."""
@@ -99,7 +102,8 @@ def evaluate(
     images: Path = typer.Option(..., "--images", help="folder of ground-truth images"),
     masks: str = typer.Option(..., "--masks", help="a mask kind (e.g. centre:128, freeform) or a folder of masks"),
     method: list[str] = typer.Option(
-        ..., "--method", help="telea, ns, biharmonic, patchmatch, smooth, csa (bundled model) or a weights file; repeat it"
+        ..., "--method", help="telea, ns, biharmonic, patchmatch, smooth, csa (bundled model) or a model file (.safetensors, "
+                     ".onnx, .ts: see --weights of csa inpaint); repeat it"
     ),
     out: Path = typer.Option(..., "--out", help="folder for summary.json, per_image.csv, results.md, charts/, grid.png"),
     size: int = typer.Option(256, "--size", help="images are brought to size x size"),
@@ -205,7 +209,7 @@ app.add_typer(weights_app, name="weights")
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="address to bind; 0.0.0.0 opens it to the network"),
     port: int = typer.Option(8080, "--port", help="TCP port"),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="a model file instead of the bundled one"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     max_upload_mb: float = typer.Option(32.0, "--max-upload-mb", help="largest request body accepted (413 above)"),
     max_pixels: int = typer.Option(50_000_000, "--max-pixels", help="largest image accepted, in pixels (413 above)"),
@@ -261,16 +265,21 @@ def train(
 
 @app.command()
 def export(
-    run: Path = typer.Argument(..., help="a run folder (its latest checkpoint) or one checkpoint folder"),
-    output: Path = typer.Option(..., "-o", "--output", help="the .safetensors file to write"),
-    half: bool = typer.Option(False, "--half", help="store float16 weights (half the size; loaded back as float32)"),
+    source: Optional[Path] = typer.Argument(
+        None, help="a run folder (its latest checkpoint), a checkpoint folder or a .safetensors generator "
+                   "(default: the bundled model)"),
+    output: Path = typer.Option(..., "-o", "--output", help="the file to write: .safetensors, .onnx or .ts"),
+    fmt: Optional[str] = typer.Option(
+        None, "--format", help="onnx, torchscript or safetensors (default: from the suffix of -o)"),
+    half: bool = typer.Option(False, "--half", help="store float16 weights (.safetensors only: half the size; "
+                                                    "loaded back as float32)"),
 ) -> None:
-    """Write the generator of a training run alone, for inference (csa inpaint --weights FILE)."""
-    from .train import export_generator
+    """Write a model for inference: its generator alone (.safetensors), or an ONNX / TorchScript export (float32)."""
+    from .export import export_source
 
-    ckpt, n_params, size = export_generator(run, output, half=half)
-    typer.echo(f"wrote {output} from {ckpt} ({n_params:,} parameters, {size / 1e6:.1f} MB"
-               f"{', float16' if half else ''})")
+    report = export_source(source, output, fmt, half=half)
+    typer.echo(f"wrote {report.output} ({report.format}) from {report.source} ({report.parameters:,} parameters, "
+               f"{report.size / 1e6:.1f} MB{', float16' if half else ''})")
 
 
 @app.command()
@@ -279,7 +288,7 @@ def inpaint(
     mask: Optional[Path] = typer.Option(
         None, "--mask", "-m", help="mask file (white = hole); in folder mode a folder of masks matched by file stem, or one file for all"),
     output: Path = typer.Option(..., "-o", "--output", help="output file (.png keeps every known pixel exact); in folder mode a folder"),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="a .safetensors model (default: the bundled model)"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto"),
     strategy: Optional[str] = typer.Option(
         None, "--strategy", help="resize, crop or native (default: resize up to the model's size, crop above)"),

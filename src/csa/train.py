@@ -61,7 +61,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .checkpoints import CONFIG_KEY, read_metadata, save_generator, save_tensors
+from .checkpoints import CONFIG_KEY, save_generator, save_tensors
 from .config import Config
 from .errors import EXIT_INTERRUPTED, EXIT_OK, CsaError
 from .imageio import atomic_write
@@ -987,16 +987,13 @@ def _check_replicas(trainer: Trainer, out: Path) -> None:
 def export_generator(source: PathLike, output: PathLike, half: bool = False) -> tuple[Path, int, int]:
     """``csa export``: the generator of a run (its latest checkpoint) or of one checkpoint, alone.
 
-    Returns (checkpoint used, parameter count, file size in bytes).
+    Returns (checkpoint used, parameter count, file size in bytes). ONNX and TorchScript
+    exports (and .safetensors sources): :func:`csa.export.export_source`, which this calls.
     """
-    from .checkpoints import load_generator
+    from .export import export_source
 
-    ckpt = resolve_checkpoint(source)
-    meta = read_metadata(ckpt / GENERATOR_FILE)
-    model = load_generator(ckpt / GENERATOR_FILE)
-    extra = {"step": meta.get("step", ""), "epoch": meta.get("epoch", ""), "exported_from": ckpt.name}
-    save_generator(model, output, half=half, extra_metadata=extra)
-    return ckpt, sum(p.numel() for p in model.parameters()), Path(output).stat().st_size
+    report = export_source(resolve_checkpoint(source), output, "safetensors", half=half)
+    return report.source, report.parameters, report.size
 
 
 def parse_resume_args(extra: Sequence[str]) -> Optional[str]:
