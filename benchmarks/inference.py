@@ -13,6 +13,13 @@ not depend on them). Prints one markdown table.
 
 ``native`` is refused above ``csa.inference.NATIVE_MAX_PIXELS``; ``--uncapped`` measures
 it anyway (that is how the cap was chosen: 2048x2048 needs several times the memory).
+
+``--runtimes`` compares instead the three ways to run a model (csa.runtime), one process:
+PyTorch eager (the .safetensors generator), TorchScript and onnxruntime (its exports, see
+csa.export), one 256x256 image with a centre hole, for the bundled model and a random-init
+paper-size model (ngf 64). The exports go to a temporary folder that is deleted afterwards.
+
+    python benchmarks/inference.py --runtimes --threads 2 --repeat 10
 """
 from __future__ import annotations
 
@@ -83,6 +90,63 @@ def child(case: str, device: str, threads: int, repeat: int, uncapped: bool) -> 
     print(json.dumps(result), flush=True)
 
 
+def runtimes(threads: int, repeat: int, hole_side: int) -> None:
+    """Eager vs TorchScript vs onnxruntime: load, first call and steady time of one model call."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from csa import ModelConfig, build_generator
+    from csa.checkpoints import load_inference_model, save_generator
+    from csa.export import export_generator
+    from csa.inference import DEFAULT_WEIGHTS
+
+    torch.set_num_threads(threads)  # onnxruntime sessions follow it (csa.runtime.onnx_session)
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.uniform(-1, 1, (1, 3, 256, 256)).astype(np.float32))
+    mask = torch.zeros(1, 1, 256, 256)
+    lo = 128 - hole_side // 2
+    mask[:, :, lo:lo + hole_side, lo:lo + hole_side] = 1.0
+    print(f"one 1x3x256x256 image, {hole_side}x{hole_side} centre hole; the model call alone (inputs checked, "
+          f"outputs as torch tensors); steady: median of {repeat} calls after the first")
+    print()
+    print("| model | runtime | export (s) | file (MB) | load (s) | first call (s) | steady (ms) | max diff vs eager |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory(prefix="csa-bench-") as tmp:
+        random64 = Path(tmp) / "ngf64.safetensors"
+        torch.manual_seed(0)
+        save_generator(build_generator(ModelConfig()), random64)
+        for label, weights in (("bundled (ngf 16)", DEFAULT_WEIGHTS), ("random init, ngf 64", random64)):
+            files = {"PyTorch eager": weights}
+            export_s = {"PyTorch eager": None}
+            eager = load_inference_model(weights)
+            for runtime, suffix in (("TorchScript", ".ts"), ("onnxruntime", ".onnx")):
+                files[runtime] = Path(tmp) / f"{weights.stem}{suffix}"
+                t = time.perf_counter()
+                export_generator(eager, files[runtime])
+                export_s[runtime] = time.perf_counter() - t
+            del eager
+            reference = None
+            for runtime, path in files.items():
+                t = time.perf_counter()
+                model = load_inference_model(path)
+                load_s = time.perf_counter() - t
+                times = []
+                with torch.inference_mode():
+                    for _ in range(1 + repeat):
+                        t = time.perf_counter()
+                        out = model(image, mask).composite
+                        times.append(time.perf_counter() - t)
+                reference = out if reference is None else reference
+                diff = float((out - reference).abs().max())
+                export = f"{export_s[runtime]:.1f}" if export_s[runtime] is not None else "-"
+                print(f"| {label} | {runtime} | {export} | {path.stat().st_size / 1e6:.0f} | {load_s:.2f} | "
+                      f"{times[0]:.2f} | {1000 * float(np.median(times[1:])):.0f} | {diff:.1e} |", flush=True)
+                del model
+
+
 def run_case(case: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--child", case, "--device", args.device, "--threads", str(args.threads),
            "--repeat", str(args.repeat)] + (["--uncapped"] if args.uncapped else [])
@@ -115,6 +179,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1, help="calls after the first (the steady figure is their median)")
     parser.add_argument("--uncapped", action="store_true", help="lift the native strategy's pixel cap")
+    parser.add_argument("--runtimes", action="store_true",
+                        help="compare PyTorch eager, TorchScript and onnxruntime at 256x256 instead (CPU)")
+    parser.add_argument("--hole", type=int, default=128, help="--runtimes: side of the centre hole")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -122,6 +189,17 @@ def main() -> None:
         return
 
     import torch
+
+    if args.runtimes:
+        import onnxruntime
+
+        print(f"machine: {_cpu_name()}, {os.cpu_count()} cores visible; torch {torch.__version__}, "
+              f"onnxruntime {onnxruntime.__version__}, {args.threads} threads (both), CPU")
+        print(f"command: python benchmarks/inference.py {' '.join(sys.argv[1:])}".rstrip())
+        print("load average at start: " + ", ".join(f"{v:.1f}" for v in os.getloadavg()))
+        runtimes(args.threads, args.repeat, args.hole)
+        print("load average at end: " + ", ".join(f"{v:.1f}" for v in os.getloadavg()))
+        return
 
     print(f"machine: {_cpu_name()}, {os.cpu_count()} cores visible; torch {torch.__version__}, "
           f"{args.threads} threads, device {args.device}; paper-size model (ngf 64), random weights")

@@ -70,9 +70,9 @@ EXPORT_FORMAT = "csa-generator-export/1"
 FORMAT_KEY = "format"
 METADATA_FILE = "csa_metadata.json"
 #: ONNX opset 17: every op of the graph (Loop, sequences, TopK, ScatterElements, Resize,
-#: InstanceNormalization) has its current form there, and runtimes back to onnxruntime 1.14
-#: (web and mobile builds included) run it; opsets 18-20 only move reduction axes into inputs
-#: and add Resize options the graph does not use.
+#: InstanceNormalization) is there in the form the exporter writes, runtimes have run it
+#: for years (the [onnx] extra's onnxruntime 1.19+ does), and newer opsets add nothing
+#: this graph uses.
 OPSET = 17
 
 
