@@ -314,11 +314,10 @@ def _real_cache(monkeypatch) -> None:
         monkeypatch.delenv("XDG_CACHE_HOME")
     else:
         monkeypatch.setenv("XDG_CACHE_HOME", REAL_XDG)
+    from real_weights import require_cached
+
     for name in ("lpips", "inception"):
-        if weights.cached_path(name) is None:
-            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-                pytest.fail(f"CI runs the value tests: `{weights.fetch_command(name)}` must run before pytest")
-            pytest.skip(f"the {name} weights are not cached: {weights.fetch_command(name)}")
+        require_cached(name)
 
 
 def test_real_learned_metrics_by_default(tmp_path, monkeypatch):

@@ -299,14 +299,9 @@ DATA = Path(__file__).resolve().parent / "data" / "lpips"
 
 def _real(name: str) -> Path:
     """The cached real weights; without them: skip here, fail in CI (make test fetches them first)."""
-    from csa import weights
+    from real_weights import require_cached
 
-    path = weights.cached_path(name)
-    if path is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"CI runs the value tests: `{weights.fetch_command(name)}` must run before pytest (make test does)")
-        pytest.skip(f"the {name} weights are not cached: {weights.fetch_command(name)}")
-    return path
+    return require_cached(name)[0]
 
 
 def _lpips_images() -> dict[str, np.ndarray]:

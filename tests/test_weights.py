@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from csa import weights
+from real_weights import require_cached
 from csa.errors import CsaError
 
 
@@ -187,12 +188,7 @@ def test_tensors_sha256_ignores_the_metadata_order(tmp_path) -> None:
 
 
 def _real_cache_files(name: str) -> list[Path]:
-    paths = weights.cached_paths(name)
-    if not all(p.is_file() for p in paths):
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes") and name != "vgg16":
-            pytest.fail(f"CI runs the value tests: `{weights.fetch_command(name)}` must run before pytest (make test does)")
-        pytest.skip(f"the {name} weights are not cached: {weights.fetch_command(name)}")
-    return paths
+    return require_cached(name, required_in_ci=name != "vgg16")
 
 
 @pytest.mark.parametrize("name", weights.NAMES)
