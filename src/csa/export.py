@@ -306,11 +306,10 @@ def onnx_bytes(generator: CSAGenerator) -> bytes:
 
 def write_onnx(generator: CSAGenerator, output: PathLike, extra: Optional[dict[str, str]] = None) -> None:
     """The generator as ONNX, its metadata in ``metadata_props``; checked, then written atomically."""
-    from .extras import install_hint, missing
+    from .extras import require
     from .imageio import atomic_write
 
-    if missing("onnx", ("onnx",)):
-        raise CsaError(f"csa export --format onnx needs the [onnx] extra (missing: onnx): {install_hint('onnx')}")
+    require("onnx", "csa export --format onnx", ("onnx",))
     import onnx
 
     proto = onnx.load_from_string(onnx_bytes(generator))

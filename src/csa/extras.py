@@ -16,6 +16,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "serve": ("fastapi", "uvicorn", "multipart", "fastapi_offline"),
     "eval": ("skimage", "matplotlib", "patchmatch"),
     "train": ("tensorboard", "onnx"),
+    "onnx": ("onnxruntime", "onnx"),
 }
 
 #: The PyPI name of this package, for the install hint.

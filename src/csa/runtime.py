@@ -110,10 +110,9 @@ class TorchScriptGenerator(ExportedGenerator):
 
 def onnx_session(path: PathLike, threads: int = 0) -> Any:
     """An onnxruntime CPU session for ``path`` (``threads`` 0: torch's CPU thread count)."""
-    from .extras import install_hint, missing
+    from .extras import require
 
-    if missing("onnx", ("onnxruntime",)):
-        raise CsaError(f"running an ONNX model needs the [onnx] extra (missing: onnxruntime): {install_hint('onnx')}")
+    require("onnx", "running an ONNX model", ("onnxruntime",))
     import onnxruntime as ort
 
     options = ort.SessionOptions()
