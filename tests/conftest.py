@@ -54,3 +54,29 @@ def tiny_model_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     save_generator(build_generator(ModelConfig(rough_ngf=4, refine_ngf=4)), path)
     return path
+
+
+@pytest.fixture()
+def http_dir(tmp_path):
+    """An HTTP server on 127.0.0.1 serving a fresh folder (its listing is what pip reads as
+    --find-links); yields (folder, base URL). Code that fetches weights is tested against it."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -1,11 +1,8 @@
 """VGG16 feature extractor, its weight loading, and the Keras -> torchvision weight converter."""
 from __future__ import annotations
 
-import functools
-import http.server
 import importlib.util
 import os
-import threading
 import zipfile
 from pathlib import Path
 
@@ -215,27 +212,6 @@ def test_default_location_env_var_and_cache(tmp_path, monkeypatch, random_sd) ->
 
 
 # ----------------------------------------------------------------- URLs (local server only)
-
-
-@pytest.fixture()
-def http_dir(tmp_path):
-    """An HTTP server on 127.0.0.1 serving ``root``; yields (root, base_url)."""
-    root = tmp_path / "www"
-    root.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def _serve(root: Path, sd: dict, stem: str, hash_prefix: str | None) -> str:

@@ -3,14 +3,11 @@ cache) against fake releases served from 127.0.0.1."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
-import http.server
 import io
 import os
 import pickle
 import tarfile
-import threading
 import zipfile
 from pathlib import Path
 
@@ -37,25 +34,11 @@ def cache(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture
-def server(tmp_path, monkeypatch):
-    """An HTTP server on 127.0.0.1 whose folder listing pip reads as --find-links."""
-    root = tmp_path / "www"
-    root.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    monkeypatch.setenv(weights.FIND_LINKS_ENV, f"http://127.0.0.1:{httpd.server_address[1]}/")
-    try:
-        yield root
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+def server(http_dir, monkeypatch):
+    """pip's --find-links points at the local HTTP server's folder (tests/conftest.py)."""
+    root, base = http_dir
+    monkeypatch.setenv(weights.FIND_LINKS_ENV, f"{base}/")
+    return root
 
 
 def _flax_tree(net: str) -> dict:
