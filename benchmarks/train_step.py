@@ -203,10 +203,14 @@ def compare_amp(args: argparse.Namespace) -> None:
     paired = statistics.median(f / h for f, h in zip(wall["off"], wall["bf16"]))
     hole = float(masks.mean())
     n_g = sum(p.numel() for p in runs["off"].generator.parameters())
-    terms = "L1 + consistency + both GAN terms" if runs["off"].d_params else "the config's terms"
-    print(f"config {Path(args.config).name} ({n_g:,} generator parameters), full step (generator, VGG16, "
-          f"D_img + D_feat, {terms}), batch {b}, {size}x{size}, masks {cfg.data.masks!r} ({hole:.0%} hole), "
-          f"random pixels; VGG16 {vgg_note}")
+    lo = cfg.loss
+    terms = [name for name, weight in (("L1", lo.l1), ("consistency", lo.consistency), ("GAN image", lo.gan_image),
+                                       ("GAN feature", lo.gan_feature)) if weight > 0]
+    nets = ["generator"] + (["VGG16"] if runs["off"].objective.vgg is not None else [])
+    nets += [n for n, m in (("D_img", runs["off"].d_image), ("D_feat", runs["off"].d_feature)) if m is not None]
+    print(f"config {Path(args.config).name} ({n_g:,} generator parameters), one training step ({' + '.join(nets)}; "
+          f"loss {' + '.join(terms)}), batch {b}, {size}x{size}, masks {cfg.data.masks!r} ({hole:.0%} hole), "
+          f"random pixels" + (f"; VGG16 {vgg_note}" if "VGG16" in nets else ""))
     print(f"{_cpu_name()} ({_bf16_flags()}), torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{args.steps} interleaved rounds after {args.warmup} warm-up step(s) each, medians")
     print()
