@@ -6,6 +6,9 @@ the reference it is tested against and the fallback.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Union
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -16,6 +19,56 @@ from ..errors import CsaError
 # than 5/16 of its (box-filtered) receptive field is hole.
 FEATURE_MASK_THRESHOLD = 5.0 / 16.0
 EPS = 1e-8
+
+
+@dataclass
+class CsaSources:
+    """What the CSA layer chose, per feature position (raster index p = row * W + column).
+
+    ``source`` N x HW int64: for a hole position the known position its search picked (the
+    argmax; an exact tie goes to the first known position in raster order), -1 at known
+    positions. ``blend`` N x HW float: b, the weight of that match in the generate step
+    ``out = a * previous + b * match`` (1 for the first hole, which copies its match; 0 at
+    known positions). ``dominant`` N x HW int64: the known position with the largest weight
+    in the affine combination the recurrence builds for that hole's output (-1 at known
+    positions). ``size`` is the feature map's (H, W).
+    """
+
+    source: Tensor
+    blend: Tensor
+    dominant: Tensor
+    size: tuple[int, int]
+
+
+def collect_sources(
+    hole_pos: Tensor, src: Tensor, a: Tensor, b: Tensor, valid: Tensor, size: tuple[int, int]
+) -> CsaSources:
+    """Scatter per-hole choices (N x L, holes in raster order, ``valid`` marks real holes) into a CsaSources.
+
+    The dominant source follows the recurrence in O(1) per step: every earlier term's weight
+    is multiplied by a_j, so the largest of them stays the largest; it competes with the new
+    term b_j (their weights add when both are the same position). Run only when asked.
+    """
+    n, length = src.shape
+    hw = size[0] * size[1]
+    a = torch.where(valid, a.double(), 0.0)
+    b = torch.where(valid, b.double(), 0.0)
+    b[:, :1] = torch.where(valid[:, :1], 1.0, 0.0)  # the first hole copies its match
+    dom = src.clone()
+    weight = b[:, 0].abs()
+    for j in range(1, length):
+        carried = a[:, j].abs() * weight
+        new = b[:, j].abs()
+        same = src[:, j] == dom[:, j - 1]
+        keep = ~same & (carried > new)
+        dom[:, j] = torch.where(keep, dom[:, j - 1], src[:, j])
+        weight = torch.where(same, carried + new, torch.maximum(carried, new))
+    pos = torch.where(valid, hole_pos, hw)  # padding slots go to a spare column, dropped below
+    full = lambda fill, dtype: torch.full((n, hw + 1), fill, dtype=dtype, device=src.device)  # noqa: E731
+    source = full(-1, torch.long).scatter_(1, pos, torch.where(valid, src, -1))[:, :hw]
+    dominant = full(-1, torch.long).scatter_(1, pos, torch.where(valid, dom, -1))[:, :hw]
+    blend = full(0.0, torch.float32).scatter_(1, pos, b.float())[:, :hw]
+    return CsaSources(source, blend, dominant, size)
 
 
 def feature_mask(mask: Tensor, downsamplings: int = 3) -> Tensor:
@@ -83,15 +136,19 @@ def blend_weights(dad: Tensor, dmax: Tensor, mode: str, eps: float = EPS) -> tup
     return a, b
 
 
-def csa_reference(features: Tensor, mask: Tensor, mode: str = "stable") -> Tensor:
+def csa_reference(
+    features: Tensor, mask: Tensor, mode: str = "stable", return_sources: bool = False
+) -> Union[Tensor, tuple[Tensor, CsaSources]]:
     """The CSA layer, written plainly: one sample and one hole at a time (docs/method.md, 'The CSA layer').
 
     ``features`` N x C x H x W; ``mask`` N x 1 x H x W at feature resolution (1 = hole).
     Known positions pass through; each hole becomes a blend of its best-matching known
     feature and the previous hole's output (raster order). Gradients come from autograd.
+    With ``return_sources`` also returns the layer's choices (:class:`CsaSources`).
     """
     n, c, h, w = features.shape
     outputs = []
+    chosen = []  # per sample: (hole positions, source positions, a, b)
     for i in range(n):
         flat = features[i].reshape(c, h * w).transpose(0, 1)  # HW x C
         hole = mask[i].reshape(h * w) > 0.5
@@ -99,6 +156,7 @@ def csa_reference(features: Tensor, mask: Tensor, mode: str = "stable") -> Tenso
         known_idx = (~hole).nonzero().flatten()
         if hole_idx.numel() == 0:
             outputs.append(features[i])
+            chosen.append((hole_idx, hole_idx, [], []))
             continue
         queries = flat[hole_idx]
         best, dmax = search(queries, flat[known_idx])
@@ -106,6 +164,7 @@ def csa_reference(features: Tensor, mask: Tensor, mode: str = "stable") -> Tenso
         if mode == "stable":
             dmax = dmax / (queries.norm(dim=1) + EPS)  # a true cosine
         generated = [sources[0]]
+        weights_a, weights_b = [1.0], [1.0]  # the first hole copies its match (a unused)
         for j in range(1, hole_idx.numel()):
             prev = generated[-1]
             dad = (prev * _unit(queries[j])).sum()
@@ -113,9 +172,25 @@ def csa_reference(features: Tensor, mask: Tensor, mode: str = "stable") -> Tenso
                 dad = dad / (prev.norm() + EPS)
             a, b = blend_weights(dad, dmax[j], mode)
             generated.append(a * prev + b * sources[j])
+            if return_sources:
+                weights_a.append(float(a))
+                weights_b.append(float(b))
         out = flat.index_copy(0, hole_idx, torch.stack(generated))
         outputs.append(out.transpose(0, 1).reshape(c, h, w))
-    return torch.stack(outputs)
+        chosen.append((hole_idx, known_idx[best], weights_a, weights_b))
+    result = torch.stack(outputs)
+    if not return_sources:
+        return result
+    length = max(len(pos) for pos, _, _, _ in chosen)
+    pad = lambda rows, dtype: torch.tensor(  # noqa: E731
+        [list(r) + [0] * (length - len(r)) for r in rows], dtype=dtype
+    ).reshape(n, length)
+    valid = pad([[1] * len(pos) for pos, _, _, _ in chosen], torch.bool)
+    info = collect_sources(
+        pad([p.tolist() for p, _, _, _ in chosen], torch.long), pad([s.tolist() for _, s, _, _ in chosen], torch.long),
+        pad([a for _, _, a, _ in chosen], torch.float64), pad([b for _, _, _, b in chosen], torch.float64), valid, (h, w),
+    )
+    return result, info
 
 
 class CoherentSemanticAttention(nn.Module):
@@ -142,6 +217,10 @@ class CoherentSemanticAttention(nn.Module):
             raise CsaError(f"CSA implementation must be one of {self.IMPLEMENTATIONS}, got {implementation!r}")
         self.mode = mode
         self.implementation = implementation
+        # Set record_sources to keep the layer's choices of each forward in last_sources
+        # (csa.inference's explain does); off, the layer computes nothing extra.
+        self.record_sources = False
+        self.last_sources: CsaSources | None = None
 
     def forward(self, features: Tensor, mask: Tensor) -> Tensor:
         if mask.shape[0] != features.shape[0] or mask.shape[1] != 1 or mask.shape[2:] != features.shape[2:]:
@@ -157,9 +236,11 @@ class CoherentSemanticAttention(nn.Module):
         x = features.float() if low else features
         with torch.autocast(features.device.type, enabled=False):
             if self.implementation == "reference":
-                out = csa_reference(x, mask, self.mode)
+                out = csa_reference(x, mask, self.mode, return_sources=self.record_sources)
             else:
-                out = csa_fast(x, mask, self.mode, backend=self.implementation)
+                out = csa_fast(x, mask, self.mode, backend=self.implementation, return_sources=self.record_sources)
+            if self.record_sources:
+                out, self.last_sources = out
         # Under autocast the output stays float32 (the next conv casts it itself; the consistency
         # loss reads it as a tap); a network run wholly in low precision gets its dtype back.
         if low and not torch.is_autocast_enabled(features.device.type):

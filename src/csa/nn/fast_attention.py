@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..errors import CsaError
-from .attention import EPS
+from .attention import EPS, CsaSources, collect_sources
 
 # Largest score block of the search, in numbers (16 MiB in float32).
 SEARCH_CHUNK_ELEMENTS = 1 << 22
@@ -427,7 +427,12 @@ def _triton_self_check_body(device: torch.device, mode: str) -> bool:
 
 class _FastCSA(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, features: Tensor, mask: Tensor, mode: str, backend: str, search: str, chunk: int) -> Tensor:
+    def forward(
+        ctx: Any, features: Tensor, mask: Tensor, mode: str, backend: str, search: str, chunk: int,
+        sink: Optional[list] = None,
+    ) -> Tensor:
+        # sink: None, or a list that receives the layer's choices (a CsaSources), read from
+        # tensors every backend keeps anyway; with None nothing extra is computed.
         n, c, h, w = features.shape
         hw = h * w
         x = features.detach().contiguous().view(n, c, hw)
@@ -435,6 +440,10 @@ class _FastCSA(torch.autograd.Function):
             out, saved = _triton_forward(x, mask.detach(), mode == "stable")
             ctx.meta = (mode, backend, None, (n, c, h, w))
             ctx.save_for_backward(*saved)
+            if sink is not None:
+                _xt, _out, order, src, nh, _dmax, stats = saved
+                valid = torch.arange(hw, device=x.device) < nh[:, None]
+                sink.append(collect_sources(order, src, stats[..., 0], stats[..., 1], valid, (h, w)))
             return out.reshape(n, c, h, w)
         if backend == "numba":
             kern = _numba_kernels()
@@ -450,6 +459,9 @@ class _FastCSA(torch.autograd.Function):
         ctx.meta = (mode, backend, length, (n, c, h, w))
         if length == 0:
             ctx.save_for_backward()
+            if sink is not None:
+                none = torch.full((n, hw), -1, dtype=torch.long, device=x.device)
+                sink.append(CsaSources(none, torch.zeros(n, hw, device=x.device), none.clone(), (h, w)))
             return features.detach().clone()
         if search == "auto":
             search = "exact" if x.device.type == "cpu" else "padded"
@@ -498,13 +510,16 @@ class _FastCSA(torch.autograd.Function):
             g = torch.where(valid[..., None], g.to(x.dtype), q)
             out = x.clone().scatter_(2, hole_pos[:, None, :].expand(n, c, length), g.transpose(1, 2))
         ctx.save_for_backward(hole_pos, src, nh, valid, dmax, q, s, g, stats)
+        if sink is not None:
+            ok = valid if valid is not None else torch.arange(length) < nh[:, None]
+            sink.append(collect_sources(hole_pos[:, :length], src, stats[..., 0], stats[..., 1], ok, (h, w)))
         return out.view(n, c, h, w)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Optional[Tensor], ...]:
         mode, backend, length, (n, c, h, w) = ctx.meta
-        none = (None,) * 5
+        none = (None,) * 6
         if backend == "triton":
             gi = _triton_backward(grad_out.reshape(n, c, h * w), ctx.saved_tensors, mode == "stable")
             return (gi.reshape(n, c, h, w),) + none
@@ -543,8 +558,12 @@ def csa_fast(
     backend: str = "auto",
     search: str = "auto",
     chunk_elements: int = SEARCH_CHUNK_ELEMENTS,
-) -> Tensor:
+    return_sources: bool = False,
+) -> Any:
     """The CSA layer, fast: same result and gradients as :func:`csa.nn.attention.csa_reference`.
+
+    With ``return_sources`` returns (output, :class:`csa.nn.attention.CsaSources`), the same
+    choices as the reference's.
 
     ``features`` N x C x H x W; ``mask`` N x 1 x H x W at feature resolution (1 = hole),
     any values (> 0.5 is hole). Every sample with a hole needs a known position (checked on
@@ -573,4 +592,6 @@ def csa_fast(
             _TRITON_WORKS = _TRITON_WORKS and _triton_self_check(features.device, mode)
         if not _TRITON_WORKS:
             chosen = "torch"
-    return _FastCSA.apply(features, mask.to(features.device), mode, chosen, search, int(chunk_elements))
+    sink: Optional[list] = [] if return_sources else None
+    out = _FastCSA.apply(features, mask.to(features.device), mode, chosen, search, int(chunk_elements), sink)
+    return (out, sink[0]) if return_sources else out
