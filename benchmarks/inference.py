@@ -20,6 +20,12 @@ csa.export), one 256x256 image with a centre hole, for the bundled model and a r
 paper-size model (ngf 64). The exports go to a temporary folder that is deleted afterwards.
 
     python benchmarks/inference.py --runtimes --threads 2 --repeat 10
+
+``--explain`` measures instead what ``Inpainter.explain`` (without its picture) adds to a plain
+call: 256x256, a centre hole, the bundled model and a random-init paper-size model, the two
+calls alternated so that machine load hits both alike; medians.
+
+    python benchmarks/inference.py --explain --threads 2 --repeat 10
 """
 from __future__ import annotations
 
@@ -147,6 +153,41 @@ def runtimes(threads: int, repeat: int, hole_side: int) -> None:
                 del model
 
 
+def explain_overhead(threads: int, repeat: int, hole_side: int) -> None:
+    """Median plain call vs median explain() at 256x256; prints one markdown table."""
+    import numpy as np
+    import torch
+
+    from csa import Inpainter, ModelConfig, build_generator
+    from csa.inference import DEFAULT_WEIGHTS
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    models = {"paper-size (ngf 64), random": Inpainter(build_generator(ModelConfig()))}
+    if DEFAULT_WEIGHTS.is_file():
+        models = {"bundled": Inpainter.from_pretrained(), **models}
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    hole = np.zeros((256, 256), dtype=bool)
+    lo = 128 - hole_side // 2
+    hole[lo:lo + hole_side, lo:lo + hole_side] = True
+    print("| model | plain call (ms) | explain() (ms) | overhead |")
+    print("|---|---:|---:|---:|")
+    for name, inpainter in models.items():
+        plain, explained = [], []
+        inpainter.inpaint_array(image, hole)
+        inpainter.explain(image, hole)  # warm-up of both
+        for _ in range(max(1, repeat)):
+            t = time.perf_counter()
+            inpainter.inpaint_array(image, hole)
+            plain.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            inpainter.explain(image, hole)
+            explained.append(time.perf_counter() - t)
+        p, e = float(np.median(plain)), float(np.median(explained))
+        print(f"| {name} | {p * 1e3:.1f} | {e * 1e3:.1f} | {100 * (e / p - 1):+.1f}% |", flush=True)
+
+
 def run_case(case: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--child", case, "--device", args.device, "--threads", str(args.threads),
            "--repeat", str(args.repeat)] + (["--uncapped"] if args.uncapped else [])
@@ -181,7 +222,9 @@ def main() -> None:
     parser.add_argument("--uncapped", action="store_true", help="lift the native strategy's pixel cap")
     parser.add_argument("--runtimes", action="store_true",
                         help="compare PyTorch eager, TorchScript and onnxruntime at 256x256 instead (CPU)")
-    parser.add_argument("--hole", type=int, default=128, help="--runtimes: side of the centre hole")
+    parser.add_argument("--explain", action="store_true",
+                        help="what Inpainter.explain adds to a plain call at 256x256 instead")
+    parser.add_argument("--hole", type=int, default=128, help="--runtimes / --explain: side of the centre hole")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -189,6 +232,15 @@ def main() -> None:
         return
 
     import torch
+
+    if args.explain:
+        print(f"machine: {_cpu_name()}, {os.cpu_count()} cores visible; torch {torch.__version__}, "
+              f"{args.threads} threads, CPU")
+        print(f"command: python benchmarks/inference.py {' '.join(sys.argv[1:])}".rstrip())
+        print("load average at start: " + ", ".join(f"{v:.1f}" for v in os.getloadavg()))
+        explain_overhead(args.threads, args.repeat, args.hole)
+        print("load average at end: " + ", ".join(f"{v:.1f}" for v in os.getloadavg()))
+        return
 
     if args.runtimes:
         import onnxruntime

@@ -95,3 +95,140 @@ def test_dominant_follows_the_recurrence() -> None:
     expected = info.source[0, second] if b >= 1 - b else info.source[0, first]
     if info.source[0, second] != info.source[0, first]:
         assert info.dominant[0, second].item() == expected.item()
+
+
+# --- Inpainter.explain ---------------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+
+from csa import CsaError, Inpainter  # noqa: E402
+from csa.explain import KNOWN_CELL, OUTSIDE, Frame, build  # noqa: E402
+from csa.inference import DEFAULT_WEIGHTS  # noqa: E402
+
+bundled = pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="no default model bundled")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_file, one_thread):
+    return Inpainter.from_pretrained(tiny_model_file)
+
+
+def two_textures(h: int = 256, w: int = 256) -> np.ndarray:
+    """Left half red/cream vertical stripes, right half a dark green checkerboard with noise."""
+    rows, cols = np.mgrid[0:h, 0:w]
+    img = np.where(((cols // 6) % 2 == 0)[..., None], np.uint8([200, 40, 40]), np.uint8([240, 220, 200]))
+    noise = np.random.default_rng(0).integers(0, 64, (h, w))
+    check = ((rows // 16) + (cols // 16)) % 2 == 0
+    right = np.stack([np.full((h, w), 30), 90 + noise, 60 + 120 * check], -1).astype(np.uint8)
+    return np.where((cols >= w // 2)[..., None], right, img).astype(np.uint8)
+
+
+@bundled
+def test_sources_stay_in_the_holes_texture(one_thread) -> None:
+    img = two_textures()
+    hole = np.zeros(img.shape[:2], bool)
+    hole[96:160, 160:224] = True  # inside the right half
+    ex = Inpainter.from_pretrained().explain(img, hole)
+    cols = ex.sources[hole][:, 1]
+    share = float(np.mean(cols >= 128))  # -1 / -2 count as misses
+    print(f"two-texture share: {share:.4f}")
+    assert share >= 0.8
+    assert np.array_equal(ex.result[~hole], img[~hole])
+
+
+def _check_frame(ex, image_shape) -> None:
+    h, w = image_shape
+    hole = ex.hole
+    assert ex.sources.shape == (h, w, 2) and ex.sources.dtype == np.int32
+    assert (ex.sources[~hole] == OUTSIDE).all()
+    s = ex.sources[hole]
+    picked = s[:, 0] >= 0
+    assert ((s[~picked] == KNOWN_CELL).all())
+    assert picked.mean() > 0.5
+    assert (s[picked, 0] < h).all() and (s[picked, 1] < w).all()
+    assert np.isfinite(ex.blend[hole][picked]).all() and np.isnan(ex.blend[~hole]).all()
+
+
+@pytest.mark.parametrize("strategy", ["resize", "crop", "native"])
+def test_corner_hole_of_a_1024x768_image_maps_into_its_frame(tiny, strategy: str) -> None:
+    h, w = 768, 1024
+    img = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    hole = np.zeros((h, w), bool)
+    hole[700:750, 950:1010] = True  # near the bottom-right corner
+    ex = tiny.explain(img, hole, strategy=strategy)
+    assert ex.strategy == strategy
+    _check_frame(ex, (h, w))
+    (frame,) = ex.frames
+    if strategy == "crop":  # the crop's square, inside the image, holds the hole and its sources
+        top, left, bottom, right = frame.box
+        assert 0 <= top and bottom <= h and 0 <= left and right <= w and bottom - top == right - left
+        s = ex.sources[hole]
+        s = s[s[:, 0] >= 0]
+        assert (s[:, 0] >= top).all() and (s[:, 1] >= left).all()
+    else:
+        assert frame.box == (0, 0, h, w)
+    assert tiny.explain(img, hole, strategy=strategy).sources.tolist() == ex.sources.tolist()
+
+
+def _one_source_frame(box, fit, offset, canvas, hole_cell, source_cell) -> Frame:
+    grid = (canvas[0] // 8, canvas[1] // 8)
+    cells = np.full(grid, -1, np.int64)
+    cells[hole_cell] = source_cell[0] * grid[1] + source_cell[1]
+    blend = np.zeros(grid, np.float32)
+    blend[hole_cell] = 0.25
+    return Frame(box, fit, offset, canvas, cells, cells.copy(), blend)
+
+
+def test_resize_source_in_mirror_padding_maps_to_the_pixel_it_mirrors() -> None:
+    # 1024 x 768 (W x H) scaled by 1/4 to 256 x 192, 32 mirrored rows above and below.
+    h, w = 768, 1024
+    hole = np.zeros((h, w), bool)
+    hole[400:404, 500:504] = True  # canvas rows 132..133, cols 125..126: cell (16, 15)
+    frame = _one_source_frame((0, 0, h, w), (192, 256), (32, 0), (256, 256), (16, 15), (0, 0))
+    ex = build(np.zeros((h, w, 3), np.uint8), np.zeros((h, w, 3), np.uint8), hole, "resize", [frame])
+    # Cell row 0 = canvas rows 0..7 = scaled rows -32..-25, mirrored 32..25: centre 28.5, image row
+    # (28.5 + 0.5) * 4 - 0.5 = 115.5; cell column 0 = scaled columns 0..7: image column 15.5.
+    assert set(map(tuple, ex.sources[hole].tolist())) == {(116, 16)}
+    assert np.allclose(ex.blend[hole], 0.25)
+    assert (ex.sources[~hole] == OUTSIDE).all()
+
+
+def test_native_source_in_padding_maps_inside() -> None:
+    # 1000 x 700 (W x H) padded to 1024 x 768 at the bottom and the right.
+    h, w = 700, 1000
+    hole = np.zeros((h, w), bool)
+    hole[8:16, 8:16] = True  # cell (1, 1)
+    frame = _one_source_frame((0, 0, h, w), (h, w), (0, 0), (768, 1024), (1, 1), (94, 126))
+    ex = build(np.zeros((h, w, 3), np.uint8), np.zeros((h, w, 3), np.uint8), hole, "native", [frame])
+    # Cell (94, 126): canvas rows 755.5 -> mirrored about row 699: 642.5; columns 1011.5 -> 986.5.
+    (src,) = set(map(tuple, ex.sources[hole].tolist()))
+    assert abs(src[0] - 642.5) <= 0.5 and abs(src[1] - 986.5) <= 0.5
+
+
+def test_hole_cells_that_count_as_known_are_marked() -> None:
+    h, w = 256, 256
+    hole = np.zeros((h, w), bool)
+    hole[0:2, 0:2] = True  # its cell is not hole at feature resolution
+    frame = _one_source_frame((0, 0, h, w), (h, w), (0, 0), (h, w), (10, 10), (0, 0))
+    ex = build(np.zeros((h, w, 3), np.uint8), np.zeros((h, w, 3), np.uint8), hole, "native", [frame])
+    assert (ex.sources[hole] == KNOWN_CELL).all() and np.isnan(ex.blend[hole]).all()
+
+
+def test_picture_is_an_image_of_the_inputs_size(tiny) -> None:
+    img = two_textures(128, 192)
+    hole = np.zeros(img.shape[:2], bool)
+    hole[40:80, 120:170] = True
+    pic = tiny.explain(img, hole).picture()
+    assert pic.size == (192, 128) and pic.mode == "RGB"
+    arr = np.asarray(pic)
+    assert (arr[60, 140] != arr[60, 20]).any()
+
+
+def test_classical_methods_and_exported_models_refuse_explain() -> None:
+    hole = np.zeros((64, 64), bool)
+    hole[20:30, 20:30] = True
+    img = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(CsaError, match="classical method 'telea'"):
+        Inpainter.from_method("telea").explain(img, hole)
+    with pytest.raises(CsaError, match="exported model"):
+        Inpainter(torch.nn.Identity(), name="model.onnx").explain(img, hole)

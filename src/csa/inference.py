@@ -32,7 +32,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import CsaError
+
+if TYPE_CHECKING:
+    from .explain import Explanation
 from .imageio import (
     DEFAULT_MAX_PIXELS,
     ImageSource,
@@ -443,8 +446,14 @@ class Inpainter:
         save_array(out, output)
         return FileResult(Path(output), inputs.size, int(inputs.hole.sum()), used, time.perf_counter() - t0)
 
-    def inpaint_inputs(self, inputs: Inputs, strategy: Optional[str] = None) -> np.ndarray:
-        """The core: fill the hole of checked inputs; returns H x W x C in the input's dtype."""
+    def inpaint_inputs(
+        self, inputs: Inputs, strategy: Optional[str] = None, trace: Optional[list] = None
+    ) -> np.ndarray:
+        """The core: fill the hole of checked inputs; returns H x W x C in the input's dtype.
+
+        ``trace``: a list that receives one :class:`csa.explain.Frame` per model run (what
+        :meth:`explain` reads); None records nothing.
+        """
         arr, hole = inputs.image, inputs.hole
         if not hole.any():
             warnings.warn(InpaintWarning("the mask has no hole pixels: the image is returned unchanged"), stacklevel=2)
@@ -454,16 +463,16 @@ class Inpainter:
                            "Leave part of the image unmasked (or pass {invert} if black marks the hole)", options=("invert",))
         used = self.resolve_strategy(strategy, arr.shape[1], arr.shape[0])
         out = arr.copy()
-        with self._lock:
+        with self._lock, _recording(self._csa_layers() if trace is not None else []):
             if self.fill is not None:
                 self._fill_baseline(arr, hole, out)
             elif used == "native":
-                self._fill_native(arr, hole, out)
+                self._fill_native(arr, hole, out, trace)
             elif used == "crop":
                 for box in crop_boxes(hole, self.image_size):
-                    self._fill_region(arr, hole, out, box)
+                    self._fill_region(arr, hole, out, box, trace)
             else:
-                self._fill_region(arr, hole, out, (0, 0, arr.shape[0], arr.shape[1]))
+                self._fill_region(arr, hole, out, (0, 0, arr.shape[0], arr.shape[1]), trace)
         if inputs.alpha_is_mask:  # the hole was transparent: the filled pixels must show
             out[:, :, -1][hole] = np.iinfo(out.dtype).max
         return out
@@ -497,7 +506,9 @@ class Inpainter:
             out = self.model(x * 2.0 - 1.0, hole)
         return (out.composite.float() + 1.0) / 2.0
 
-    def _fill_region(self, arr: np.ndarray, hole: np.ndarray, out: np.ndarray, box: Box) -> None:
+    def _fill_region(
+        self, arr: np.ndarray, hole: np.ndarray, out: np.ndarray, box: Box, trace: Optional[list] = None
+    ) -> None:
         """resize / crop: the region scaled to fit S x S, mirror-padded, filled, scaled back, pasted."""
         top, left, bottom, right = box
         x, h = self._tensor(arr[top:bottom, left:right], hole[top:bottom, left:right])
@@ -514,8 +525,10 @@ class Inpainter:
         where = f"scaled to the model's {canvas}x{canvas} input"
         filled = self._run_model(xs, hs, where)[:, :, pt:pt + fit[0], pl:pl + fit[1]]
         _paste(out, box, _resize(filled, (height, width)), hole[top:bottom, left:right])
+        if trace is not None:
+            self._trace_frame(trace, box, fit, (pt, pl), (canvas, canvas))
 
-    def _fill_native(self, arr: np.ndarray, hole: np.ndarray, out: np.ndarray) -> None:
+    def _fill_native(self, arr: np.ndarray, hole: np.ndarray, out: np.ndarray, trace: Optional[list] = None) -> None:
         """native: mirror-pad to multiples of 256 and run at full resolution."""
         height, width = hole.shape
         ph, pw = _round_up(height), _round_up(width)
@@ -530,12 +543,74 @@ class Inpainter:
         h = F.pad(h, (0, pw - width, 0, ph - height), value=0.0)
         filled = self._run_model(x, h, f"at full resolution ({pw}x{ph})")[:, :, :height, :width]
         _paste(out, (0, 0, height, width), filled, hole)
+        if trace is not None:
+            self._trace_frame(trace, (0, 0, height, width), (height, width), (0, 0), (ph, pw))
+
+    # -- explain ---------------------------------------------------------------------------------
+
+    def _csa_layers(self) -> list:
+        from .nn.attention import CoherentSemanticAttention
+
+        return [m for m in self.model.modules() if isinstance(m, CoherentSemanticAttention)] if self.model else []
+
+    def _trace_frame(self, trace: list, box: Box, fit: tuple[int, int], offset: tuple[int, int],
+                     canvas: tuple[int, int]) -> None:
+        from .explain import frame_from_layer
+
+        (layer,) = self._csa_layers()
+        trace.append(frame_from_layer(layer.last_sources, box, fit, offset, canvas))
+
+    def explain(
+        self,
+        image: ImageSource,
+        mask: Optional[ImageSource] = None,
+        *,
+        invert: bool = False,
+        mask_from_alpha: bool = False,
+        resize_mask: bool = False,
+        strategy: Optional[str] = None,
+    ) -> "Explanation":
+        """Inpaint like a call and say where each filled region came from (:mod:`csa.explain`).
+
+        Returns a :class:`csa.explain.Explanation`: ``result`` (the inpainted array),
+        ``sources`` / ``dominant`` (H x W x 2 int32, input-image coordinates), ``blend`` and
+        ``picture()``. Only our PyTorch model has the CSA layer's choices: classical methods
+        and exported (ONNX, TorchScript) models raise CsaError.
+        """
+        from .explain import build, refuse
+
+        if self.fill is not None:
+            raise refuse(f"the classical method {self.name!r}", "it has no attention layer")
+        if len(self._csa_layers()) != 1:
+            raise refuse(f"the model {self.name!r}", "an exported model hides its CSA layer")
+        inputs = load_inputs(image, mask, invert=invert, mask_from_alpha=mask_from_alpha,
+                             resize_mask=resize_mask, max_pixels=self.max_pixels)
+        frames: list = []
+        out = self.inpaint_inputs(inputs, strategy=strategy, trace=frames)
+        used = self.resolve_strategy(strategy, *inputs.size)
+        return build(inputs.image, out, inputs.hole, used, frames)
 
     def _fill_baseline(self, arr: np.ndarray, hole: np.ndarray, out: np.ndarray) -> None:
         colour = arr[:, :, :3] if arr.shape[2] >= 3 else np.repeat(arr[:, :, :1], 3, axis=2)
         rgb8 = np.ascontiguousarray(array_to_8bit(colour))
         filled = np.asarray(self.fill(rgb8, hole), dtype=np.float32) / 255.0
         _paste(out, (0, 0, *hole.shape), torch.from_numpy(filled).permute(2, 0, 1)[None], hole)
+
+
+class _recording:
+    """Context: the given CSA layers keep their choices (record_sources) inside, not after."""
+
+    def __init__(self, layers: list) -> None:
+        self.layers = layers
+
+    def __enter__(self) -> None:
+        for layer in self.layers:
+            layer.record_sources = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for layer in self.layers:
+            layer.record_sources = False
+            layer.last_sources = None
 
 
 def _check_strategy(strategy: str) -> str:

@@ -54,15 +54,22 @@ def collect_sources(
     a = torch.where(valid, a.double(), 0.0)
     b = torch.where(valid, b.double(), 0.0)
     b[:, :1] = torch.where(valid[:, :1], 1.0, 0.0)  # the first hole copies its match
-    dom = src.clone()
-    weight = b[:, 0].abs()
-    for j in range(1, length):
-        carried = a[:, j].abs() * weight
-        new = b[:, j].abs()
-        same = src[:, j] == dom[:, j - 1]
-        keep = ~same & (carried > new)
-        dom[:, j] = torch.where(keep, dom[:, j - 1], src[:, j])
-        weight = torch.where(same, carried + new, torch.maximum(carried, new))
+    # A plain Python loop over lists: per step a few float operations, far cheaper than
+    # launching tensor ops (this runs once per explained call, never in training).
+    dom_rows = []
+    for s_row, a_row, b_row in zip(src.tolist(), a.abs().tolist(), b.abs().tolist()):
+        dom_row = s_row[:]
+        weight = b_row[0] if length else 0.0
+        for j in range(1, length):
+            carried, new = a_row[j] * weight, b_row[j]
+            if s_row[j] == dom_row[j - 1]:
+                weight = carried + new
+            elif carried > new:
+                dom_row[j], weight = dom_row[j - 1], carried
+            else:
+                weight = new
+        dom_rows.append(dom_row)
+    dom = torch.tensor(dom_rows, dtype=torch.long, device=src.device).reshape(n, length)
     pos = torch.where(valid, hole_pos, hw)  # padding slots go to a spare column, dropped below
     full = lambda fill, dtype: torch.full((n, hw + 1), fill, dtype=dtype, device=src.device)  # noqa: E731
     source = full(-1, torch.long).scatter_(1, pos, torch.where(valid, src, -1))[:, :hw]
