@@ -232,3 +232,63 @@ def test_classical_methods_and_exported_models_refuse_explain() -> None:
         Inpainter.from_method("telea").explain(img, hole)
     with pytest.raises(CsaError, match="exported model"):
         Inpainter(torch.nn.Identity(), name="model.onnx").explain(img, hole)
+
+
+# --- csa inpaint --explain ------------------------------------------------------------------
+
+from PIL import Image  # noqa: E402
+
+from csa.cli import main  # noqa: E402
+
+
+def _run(capsys, *args) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def _pair(folder, name: str = "photo", h: int = 96, w: int = 128):
+    img = two_textures(h, w)
+    hole = np.zeros((h, w), bool)
+    hole[30:60, 80:110] = True
+    Image.fromarray(img).save(folder / f"{name}.png")
+    Image.fromarray(hole.astype(np.uint8) * 255).save(folder / f"{name}_mask.png")
+    return folder / f"{name}.png", folder / f"{name}_mask.png", img, hole
+
+
+def test_cli_explain_writes_picture_and_npz(capsys, tmp_path, tiny_model_file, one_thread) -> None:
+    img, mask, image, hole = _pair(tmp_path)
+    code, out, err = _run(capsys, "inpaint", img, "--mask", mask, "-o", tmp_path / "out.png",
+                          "--weights", tiny_model_file, "--explain", tmp_path / "map.png")
+    assert code == 0, err
+    assert "map.npz" in out
+    assert Image.open(tmp_path / "map.png").size == (128, 96)
+    with np.load(tmp_path / "map.npz") as data:
+        assert data["sources"].dtype == np.int32 and data["sources"].shape == (96, 128, 2)
+        assert data["blend"].dtype == np.float32 and data["blend"].shape == (96, 128)
+        assert (data["sources"][~hole] == -1).all() and (data["sources"][hole] != -1).all()
+    result = np.asarray(Image.open(tmp_path / "out.png"))
+    assert np.array_equal(result[~hole], image[~hole])
+
+
+def test_cli_explain_folder_mode(capsys, tmp_path, tiny_model_file, one_thread) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    _pair(src, "a")
+    _pair(src, "b")
+    code, out, err = _run(capsys, "inpaint", src, "--mask", src, "-o", tmp_path / "out",
+                          "--weights", tiny_model_file, "--explain", tmp_path / "maps")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["a.npz", "a.png", "b.npz", "b.png"]
+
+
+def test_cli_explain_refused_by_classical_methods_and_bad_names(capsys, tmp_path) -> None:
+    img, mask, _, _ = _pair(tmp_path)
+    code, _, err = _run(capsys, "inpaint", img, "--mask", mask, "-o", tmp_path / "out.png",
+                        "--method", "telea", "--explain", tmp_path / "map.png")
+    assert code == 2 and "error:" in err and "classical method 'telea'" in err
+    code, _, err = _run(capsys, "inpaint", img, "--mask", mask, "-o", tmp_path / "out.png",
+                        "--explain", tmp_path / "map.jpg")
+    assert code == 2 and ".png" in err
+    assert not (tmp_path / "out.png").exists()

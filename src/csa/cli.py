@@ -298,6 +298,9 @@ def inpaint(
         False, "--mask-from-alpha", help="transparent = hole (the mask's alpha; without --mask, the image's own)"),
     resize_mask: bool = typer.Option(False, "--resize-mask", help="scale a mask of another size to the image's size"),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="refuse larger images (default 50,000,000)"),
+    explain: Optional[Path] = typer.Option(
+        None, "--explain", help="MAP.png: also write where each filled region came from (MAP.png picture, MAP.npz "
+        "arrays); in folder mode a folder (one pair per image). --method csa only"),
 ) -> None:
     """Fill the hole of a photo (or of every photo in a folder); known pixels are kept exactly."""
     import warnings
@@ -308,6 +311,8 @@ def inpaint(
                    mask_from_alpha=mask_from_alpha, resize_mask=resize_mask)
     if max_pixels is not None:
         options["max_pixels"] = max_pixels
+    if explain is not None:
+        options["explain"] = explain
     if image.is_dir():
         if mask is None:
             fail("folder mode needs --mask: a folder of masks named like the images, or one mask file for all")
@@ -324,6 +329,8 @@ def inpaint(
     width, height = result.size
     typer.echo(f"wrote {result.output} ({width}x{height}, {result.hole_pixels:,} hole pixels, "
                f"{result.strategy}, {result.seconds:.1f} s)")
+    if explain is not None:
+        typer.echo(f"wrote {explain} and {explain.with_suffix('.npz')} (where each filled region came from)")
 
 
 # --- entry point ----------------------------------------------------------------------

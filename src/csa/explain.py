@@ -21,6 +21,7 @@ Arrays (what ``csa inpaint --explain MAP.png`` writes to ``MAP.npz``):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -128,7 +129,25 @@ class Explanation:
                 "frames": [f.to_json() for f in self.frames]}
 
     def save_npz(self, path: Any) -> None:
-        np.savez_compressed(path, sources=self.sources, dominant=self.dominant, blend=self.blend)
+        """``sources``, ``dominant`` and ``blend`` in one compressed .npz, written atomically."""
+        from .imageio import atomic_write
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+                np.savez_compressed(f, sources=self.sources, dominant=self.dominant, blend=self.blend)
+
+        atomic_write(path, write)
+
+    def save(self, picture_path: Any) -> tuple[Path, Path]:
+        """``MAP.png`` (the picture) and ``MAP.npz`` next to it; returns both paths."""
+        from .imageio import atomic_write
+
+        picture_path = Path(picture_path)
+        npz = picture_path.with_suffix(".npz")
+        img = self.picture()
+        atomic_write(picture_path, lambda tmp: img.save(tmp, format="PNG"))
+        self.save_npz(npz)
+        return picture_path, npz
 
     def picture(self, arrows: int = 24, seed: int = 0) -> Image.Image:
         """The result in grey with every pixel tinted by a colour of its position; hole pixels
@@ -222,6 +241,14 @@ def build(
         ok = frame.cells[cy, cx] >= 0
         blend[ys[ok], xs[ok]] = frame.blend[cy, cx][ok]
     return Explanation(sources, dominant, blend, image, result, hole, strategy, frames)
+
+
+def check_map_path(path: Any) -> Path:
+    """The picture's path must end in .png (the .npz goes next to it)."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise CsaError(f"--explain {path}: name the picture with .png (MAP.png; MAP.npz is written next to it)")
+    return path
 
 
 def refuse(name: str, why: Optional[str] = None) -> CsaError:

@@ -433,17 +433,32 @@ class Inpainter:
         mask_from_alpha: bool = False,
         resize_mask: bool = False,
         strategy: Optional[str] = None,
+        explain: Optional[Union[str, os.PathLike]] = None,
     ) -> "FileResult":
-        """Inpaint and write ``output`` atomically (16 bits kept in PNG); checks ``output`` first."""
+        """Inpaint and write ``output`` atomically (16 bits kept in PNG); checks ``output`` first.
+
+        ``explain``: also write the sources picture there (a .png) and its arrays next to it
+        (.npz), see :meth:`explain`.
+        """
         fmt = output_format(output)
+        if explain is not None:
+            from .explain import check_map_path
+
+            check_map_path(explain)
         t0 = time.perf_counter()
         inputs = image if isinstance(image, Inputs) else load_inputs(
             image, mask, invert=invert, mask_from_alpha=mask_from_alpha,
             resize_mask=resize_mask, max_pixels=self.max_pixels)
         _warn_format(fmt, inputs.image, output)
         used = self.resolve_strategy(strategy, *inputs.size) if self.model is not None else self.name
-        out = self.inpaint_inputs(inputs, strategy=strategy)
-        save_array(out, output)
+        if explain is not None:
+            explanation = self.explain(inputs, strategy=strategy)
+            out = explanation.result
+            save_array(out, output)
+            explanation.save(explain)
+        else:
+            out = self.inpaint_inputs(inputs, strategy=strategy)
+            save_array(out, output)
         return FileResult(Path(output), inputs.size, int(inputs.hole.sum()), used, time.perf_counter() - t0)
 
     def inpaint_inputs(
@@ -562,7 +577,7 @@ class Inpainter:
 
     def explain(
         self,
-        image: ImageSource,
+        image: Union[ImageSource, Inputs],
         mask: Optional[ImageSource] = None,
         *,
         invert: bool = False,
@@ -583,8 +598,9 @@ class Inpainter:
             raise refuse(f"the classical method {self.name!r}", "it has no attention layer")
         if len(self._csa_layers()) != 1:
             raise refuse(f"the model {self.name!r}", "an exported model hides its CSA layer")
-        inputs = load_inputs(image, mask, invert=invert, mask_from_alpha=mask_from_alpha,
-                             resize_mask=resize_mask, max_pixels=self.max_pixels)
+        inputs = image if isinstance(image, Inputs) else load_inputs(
+            image, mask, invert=invert, mask_from_alpha=mask_from_alpha,
+            resize_mask=resize_mask, max_pixels=self.max_pixels)
         frames: list = []
         out = self.inpaint_inputs(inputs, strategy=strategy, trace=frames)
         used = self.resolve_strategy(strategy, *inputs.size)
@@ -697,9 +713,16 @@ def inpaint_path(
     mask_from_alpha: bool = False,
     resize_mask: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    explain: Optional[Union[str, os.PathLike]] = None,
 ) -> FileResult:
-    """One image file -> one output file. Inputs and the output path are checked before the model loads."""
+    """One image file -> one output file (and with ``explain`` the sources picture and .npz).
+    Inputs and the output paths are checked before the model loads."""
     output_format(output)
+    if explain is not None:
+        from .explain import check_map_path
+
+        check_map_path(explain)
+        _check_explainable(method)
     if strategy is not None:
         _check_strategy(strategy)
     if method.strip().lower() == "csa" and weights is None:
@@ -707,7 +730,15 @@ def inpaint_path(
     inputs = load_inputs(image, mask, invert=invert, mask_from_alpha=mask_from_alpha,
                          resize_mask=resize_mask, max_pixels=max_pixels)
     inpainter = Inpainter.from_method(method, weights, device=device, max_pixels=max_pixels)
-    return inpainter.inpaint_file(inputs, None, output, strategy=strategy)
+    return inpainter.inpaint_file(inputs, None, output, strategy=strategy, explain=explain)
+
+
+def _check_explainable(method: str) -> None:
+    """--explain with a classical method: refuse before anything is read or loaded."""
+    if method.strip().lower() != "csa":
+        from .explain import refuse
+
+        raise refuse(f"the classical method {method.strip().lower()!r}", "it has no attention layer")
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -751,11 +782,22 @@ def inpaint_folder(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
     log: Callable[[str], None] = _log_stderr,
+    explain: Optional[Union[str, os.PathLike]] = None,
 ) -> FolderReport:
-    """Every image of ``images_dir`` -> ``out_dir/<stem>.png``; bad files are reported, the rest done."""
+    """Every image of ``images_dir`` -> ``out_dir/<stem>.png``; bad files are reported, the rest done.
+
+    ``explain``: a folder that receives ``<stem>.png`` (sources picture) and ``<stem>.npz`` per image.
+    """
     from tqdm import tqdm
 
     images_dir, masks, out_dir = Path(images_dir), Path(masks), Path(out_dir)
+    explain_dir = Path(explain) if explain is not None else None
+    if explain_dir is not None:
+        _check_explainable(method)
+        if explain_dir.exists() and not explain_dir.is_dir():
+            raise CsaError(f"--explain {explain_dir} is a file: in folder mode it names a folder")
+        if explain_dir.resolve() in (out_dir.resolve(), images_dir.resolve()):
+            raise CsaError(f"--explain {explain_dir} is the output or the input folder: choose a folder of its own")
     if strategy is not None:
         _check_strategy(strategy)
     files = list_images(images_dir)
@@ -775,6 +817,11 @@ def inpaint_folder(
         out_dir.mkdir(exist_ok=True)
     except OSError as exc:
         raise CsaError(f"cannot create the output folder {out_dir} ({exc.strerror}): create its parent first") from None
+    if explain_dir is not None:
+        try:
+            explain_dir.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise CsaError(f"cannot create the --explain folder {explain_dir} ({exc.strerror}): create its parent first") from None
     find_mask = _mask_finder(masks)
     inpainter = Inpainter.from_method(method, weights, device=device, max_pixels=max_pixels)
 
@@ -791,7 +838,8 @@ def inpaint_folder(
                 warnings.simplefilter("always", InpaintWarning)
                 result = inpainter.inpaint_file(path, find_mask(path), out_dir / f"{path.stem}.png",
                                                 invert=invert, mask_from_alpha=mask_from_alpha,
-                                                resize_mask=resize_mask, strategy=strategy)
+                                                resize_mask=resize_mask, strategy=strategy,
+                                                explain=explain_dir / f"{path.stem}.png" if explain_dir else None)
             for w in caught:
                 say(f"warning: {path.name}: {w.message}")
             report.done.append(result)
