@@ -292,3 +292,100 @@ def test_cli_explain_refused_by_classical_methods_and_bad_names(capsys, tmp_path
                         "--explain", tmp_path / "map.jpg")
     assert code == 2 and ".png" in err
     assert not (tmp_path / "out.png").exists()
+
+
+# --- POST /api/v1/explain ---------------------------------------------------------------------
+
+import base64  # noqa: E402
+import io  # noqa: E402
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _mirror(v: float, n: int) -> float:
+    """Reflection about the first and last index (the padding of csa.inference), any distance."""
+    if n == 1:
+        return 0.0
+    period = 2 * (n - 1)
+    v = v % period
+    return period - v if v > n - 1 else v
+
+
+def _map_pixel(frames: list, y: int, x: int):
+    """A client's mapping of an image pixel to its source, exactly as ExplainBody describes it."""
+    for f in frames:
+        top, left, bottom, right = f["box"]
+        if not (top <= y < bottom and left <= x < right):
+            continue
+        rows = (f["offset"][0] + (y - top + 0.5) * f["fit"][0] / (bottom - top) - 0.5,
+                f["offset"][1] + (x - left + 0.5) * f["fit"][1] / (right - left) - 0.5)
+        cy = min(max(int(np.floor(rows[0] + 0.5)), 0), f["canvas"][0] - 1) // f["cell"]
+        cx = min(max(int(np.floor(rows[1] + 0.5)), 0), f["canvas"][1] - 1) // f["cell"]
+        s = f["cells"][cy * f["grid"][1] + cx]
+        if s < 0:
+            return (-2, -2)
+        out = []
+        for axis, idx in ((0, s // f["grid"][1]), (1, s % f["grid"][1])):
+            canvas = idx * f["cell"] + f["cell"] / 2 - 0.5
+            fit = _mirror(canvas - f["offset"][axis], f["fit"][axis])
+            start, stop = f["box"][axis], f["box"][axis + 2]
+            out.append(start + (fit + 0.5) * (stop - start) / f["fit"][axis] - 0.5)
+        return tuple(out)
+    return (-1, -1)
+
+
+@pytest.fixture(scope="module")
+def api(tiny):
+    from fastapi.testclient import TestClient
+
+    from csa.server import create_app
+
+    with TestClient(create_app(tiny), raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.mark.parametrize("strategy", ["resize", "crop", "native"])
+def test_api_explain_answers_result_picture_and_a_map_a_client_can_follow(api, tiny, strategy) -> None:
+    h, w = 200, 300
+    img = two_textures(h, w)
+    hole = np.zeros((h, w), bool)
+    hole[150:190, 250:290] = True
+    resp = api.post("/api/v1/explain", files={"image": ("p.png", _png(img), "image/png"),
+                                              "mask": ("m.png", _png(hole.astype(np.uint8) * 255), "image/png")},
+                    data={"strategy": strategy})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    result = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["result_png"]))))
+    assert np.array_equal(result[~hole], img[~hole])
+    assert Image.open(io.BytesIO(base64.b64decode(body["picture_png"]))).size == (w, h)
+    assert body["strategy"] == strategy and body["size"] == [h, w] and body["hole_pixels"] == int(hole.sum())
+    expected = tiny.explain(img, hole, strategy=strategy).sources
+    for y, x in [(150, 250), (170, 270), (189, 289), (160, 255)]:
+        got = _map_pixel(body["frames"], y, x)
+        if got[0] < 0:
+            assert tuple(expected[y, x]) == (-2, -2)
+        else:  # the client's float centre rounds to the server's pixel
+            assert abs(got[0] - expected[y, x, 0]) <= 0.5 and abs(got[1] - expected[y, x, 1]) <= 0.5
+    assert _map_pixel(body["frames"], 0, 0) in ((-1, -1),) or strategy != "crop"
+
+
+def test_api_explain_is_in_the_schema_and_refused_for_classical_methods(api) -> None:
+    spec = api.get("/openapi.json").json()
+    post = spec["paths"]["/api/v1/explain"]["post"]
+    assert "ExplainBody" in str(post["responses"]["200"])
+    assert "frames" in spec["components"]["schemas"]["ExplainBody"]["properties"]
+    img = np.zeros((64, 64, 3), np.uint8)
+    hole = np.zeros((64, 64), np.uint8)
+    hole[20:30, 20:30] = 255
+    resp = api.post("/api/v1/explain", files={"image": ("p.png", _png(img), "image/png"),
+                                              "mask": ("m.png", _png(hole), "image/png")},
+                    data={"method": "telea", "strategy": "native"})
+    assert resp.status_code == 400, resp.text
+    assert "telea" in resp.json()["detail"]
+    resp = api.post("/api/v1/explain", files={"image": ("p.png", _png(img), "image/png"),
+                                              "mask": ("m.png", _png(hole), "image/png")}, data={"colour": "1"})
+    assert resp.status_code == 400 and "colour" in resp.json()["detail"]

@@ -242,6 +242,68 @@ def _inpaint_png(inpainter: Any, image_bytes: bytes, mask_bytes: bytes, invert: 
     return png, stats
 
 
+class ExplainFrame(BaseModel):
+    """One model run and its cell map, enough to map any pixel to its source (see ExplainBody)."""
+
+    box: list[int]  # top, left, bottom, right (exclusive) of the image region the run saw
+    fit: list[int]  # rows, columns the box was scaled to
+    offset: list[int]  # top, left of the scaled box in the model's canvas (mirror padding around it)
+    canvas: list[int]  # rows, columns of the model's input
+    cell: int  # canvas pixels per feature cell side
+    grid: list[int]  # rows, columns of the feature map
+    cells: list[int]  # per cell (raster order): the chosen known cell (raster index), -1 for known cells
+
+
+class ExplainBody(BaseModel):
+    """``POST /api/v1/explain``: the result, the sources picture and the cell maps.
+
+    To map an image pixel (y, x) of the hole: take the frame whose box holds it; its canvas
+    row is ``offset[0] + (y - box[0] + 0.5) * fit[0] / (box[2] - box[0]) - 0.5`` (rounded;
+    columns alike), its cell that row and column divided by ``cell``; ``cells`` names the
+    source cell s (-1: the pixel's cell counts as known, filled by convolution only). The
+    source's centre is canvas row ``(s // grid[1]) * cell + cell / 2 - 0.5``; back in the
+    scaled box, a row outside [0, fit[0]) is mirrored into it (reflection about the first and
+    last rows), then image row = ``box[0] + (row + 0.5) * (box[2] - box[0]) / fit[0] - 0.5``.
+    """
+
+    result_png: str  # base64 PNG: the inpainted image
+    picture_png: str  # base64 PNG: the input with the hole coloured by where its content came from
+    strategy: str
+    size: list[int]  # image rows, columns
+    frames: list[ExplainFrame]
+    hole_pixels: int
+    inpaint_s: float
+    warnings: list[str]
+
+
+def _explain_json(inpainter: Any, image_bytes: bytes, mask_bytes: bytes, invert: bool, resize_mask: bool,
+                  strategy: Optional[str], max_pixels: int) -> dict[str, Any]:
+    """Decode, check, explain and encode one request (runs in the model thread)."""
+    import base64
+
+    from ..explain import refuse
+    from ..inference import InpaintWarning, load_inputs
+
+    if not hasattr(inpainter, "explain"):
+        raise refuse("this method", "it has no attention layer")
+    inputs = load_inputs(image_bytes, mask_bytes, invert=invert, resize_mask=resize_mask, max_pixels=max_pixels)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InpaintWarning)
+        ex = inpainter.explain(inputs, strategy=strategy)
+    seconds = time.perf_counter() - t0
+    picture = io.BytesIO()
+    ex.picture().save(picture, format="PNG")
+    body = ex.to_json()
+    return {
+        "result_png": base64.b64encode(_encode_png(ex.result)).decode("ascii"),
+        "picture_png": base64.b64encode(picture.getvalue()).decode("ascii"),
+        "strategy": body["strategy"], "size": body["size"], "frames": body["frames"],
+        "hole_pixels": int(inputs.hole.sum()), "inpaint_s": seconds,
+        "warnings": [str(w.message) for w in caught if issubclass(w.category, InpaintWarning)],
+    }
+
+
 async def _client_gone(request: Request) -> None:
     """Return once the client has closed the connection.
 
@@ -341,6 +403,36 @@ def create_app(
         503: {"model": ErrorBody, "description": "too many requests waiting: retry later"},
     }
 
+    async def run_cancellable(request: Request, fn: Any, *args: Any) -> Any:
+        """Run ``fn(*args)`` in the model worker; a Response (499, 500) when it gives no result.
+
+        A client that disconnects first has its request dropped from the queue (or, running,
+        its result discarded).
+        """
+        job = asyncio.ensure_future(worker.run(fn, *args))
+        gone = asyncio.ensure_future(_client_gone(request))
+        try:
+            await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not job.done():  # the client went away: nobody will read the answer
+            dropped = worker.dropped
+            job.cancel()
+            try:
+                await job
+            except asyncio.CancelledError:
+                pass
+            log.info("request cancelled by its client: %s", "dropped from the queue" if worker.dropped > dropped
+                     else "it was running; its result is discarded")
+            return Response(status_code=499)  # nginx's "client closed request"; never delivered
+        try:
+            return job.result()
+        except CsaError:
+            raise
+        except Exception:
+            log.exception("inpainting failed")
+            return error_response(500, "internal", "unexpected server error: see the server log")
+
     @app.post(
         f"{API}/inpaint",
         response_class=Response,
@@ -371,30 +463,11 @@ def create_app(
         _check_declared_type(mask, "mask")
         # Bounded: the body limit middleware has cut off anything over max_upload_bytes.
         image_bytes, mask_bytes = await image.read(), await mask.read()
-        job = asyncio.ensure_future(worker.run(_inpaint_png, chosen.inpainter, image_bytes, mask_bytes,
-                                               invert, resize_mask, used_strategy, max_pixels))
-        gone = asyncio.ensure_future(_client_gone(request))
-        try:
-            await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-        if not job.done():  # the client went away: nobody will read the answer
-            dropped = worker.dropped
-            job.cancel()
-            try:
-                await job
-            except asyncio.CancelledError:
-                pass
-            log.info("request cancelled by its client: %s", "dropped from the queue" if worker.dropped > dropped
-                     else "it was running; its result is discarded")
-            return Response(status_code=499)  # nginx's "client closed request"; never delivered
-        try:
-            png, stats = job.result()
-        except CsaError:
-            raise
-        except Exception:
-            log.exception("inpainting failed")
-            return error_response(500, "internal", "unexpected server error: see the server log")
+        answer = await run_cancellable(request, _inpaint_png, chosen.inpainter, image_bytes, mask_bytes,
+                                       invert, resize_mask, used_strategy, max_pixels)
+        if isinstance(answer, Response):
+            return answer
+        png, stats = answer
         log.info("inpainted %dx%d (%d hole pixels) with %s in %.3fs", stats["width"], stats["height"],
                  stats["hole_pixels"], chosen.id, stats["inpaint_s"])
         headers = {
@@ -406,6 +479,35 @@ def create_app(
         if stats["warnings"]:  # e.g. an empty mask: the image comes back unchanged
             headers["X-Csa-Warning"] = "; ".join(stats["warnings"]).encode("ascii", "replace").decode()
         return Response(png, media_type="image/png", headers=headers)
+
+    @app.post(f"{API}/explain", response_model=ExplainBody, responses=errors, tags=["inpainting"])
+    async def explain(
+        request: Request,
+        image: UploadFile = File(..., description="the photo (PNG, JPEG, WebP, BMP, TIFF)"),
+        mask: UploadFile = File(..., description="same size as the image (or see resize_mask); white (>= 128) = hole"),
+        invert: bool = Form(False, description="black = hole instead"),
+        resize_mask: bool = Form(False, description="scale a mask of another size to the image's size"),
+        method: str = Form(MODEL_ID, description="csa: only the model has attention (others answer 400)"),
+        strategy: Optional[str] = Form(None, description="high-resolution strategy (default: the model's own)"),
+    ) -> Any:
+        """Inpaint like ``/inpaint`` and say where each filled region came from (the CSA layer's choice per
+        feature cell): the result and the picture as base64 PNGs, and the cell maps with each model run's
+        geometry, so that a client maps any pixel itself (see the response schema). It is the layer's
+        choice per cell, not pixel-exact provenance. Classical methods have no attention: 400.
+        """
+        check_fields(await request.form(), INPAINT_FIELDS)
+        chosen = pick(runnable, method)
+        used_strategy = chosen.check_strategy(strategy or None)
+        _check_declared_type(image, "image")
+        _check_declared_type(mask, "mask")
+        image_bytes, mask_bytes = await image.read(), await mask.read()
+        answer = await run_cancellable(request, _explain_json, chosen.inpainter, image_bytes, mask_bytes,
+                                       invert, resize_mask, used_strategy, max_pixels)
+        if isinstance(answer, Response):
+            return answer
+        log.info("explained %dx%d (%d hole pixels) in %.3fs", answer["size"][1], answer["size"][0],
+                 answer["hole_pixels"], answer["inpaint_s"])
+        return JSONResponse(answer, headers={"Cache-Control": "no-store"})
 
     @app.get(f"{API}/health", tags=["service"])
     async def health() -> dict[str, Any]:

@@ -32,6 +32,7 @@
     zoomValue: $("zoom-value"),
     resultBar: $("result-bar"), compare: $("compare"), roundNote: $("round-note"), download: $("download"),
     status: $("status"), modelName: $("model-name"),
+    showSources: $("show-sources"), sourceFrom: $("source-from"), sourceTo: $("source-to"),
   };
   // Formats Pillow reads on the server: anything else the browser can show is re-encoded as PNG.
   const SERVER_TYPES = /^image\/(png|jpeg|webp|bmp|tiff|gif)$/;
@@ -474,6 +475,7 @@
       inputWork += performance.now() - t0;
     }
     updateCursor();
+    showSourceAt(s || state.pan ? null : toImage(...p));
   });
   const endDrag = () => {
     if (state.pan) { state.pan = null; el.stage.classList.remove("grabbing"); updateCursor(); }
@@ -665,16 +667,25 @@
       form.append("mask", await maskPng(), "mask.png");
       form.append("method", method);
       if (el.strategy.value) form.append("strategy", el.strategy.value);
-      const res = await fetch(`${API}/inpaint`, { method: "POST", body: form, signal: controller.signal });
+      const explain = el.showSources.checked && method === "csa";
+      const res = await fetch(`${API}/${explain ? "explain" : "inpaint"}`,
+                              { method: "POST", body: form, signal: controller.signal });
       if (!res.ok) {
         let detail = `${res.status} ${res.statusText}`;
         try { const body = await res.json(); detail = body.detail || detail; } catch (_) { /* not JSON */ }
         throw new Error(detail);
       }
-      const warning = res.headers.get("X-Csa-Warning");
-      const result = await makePicture(await res.blob());
+      let warning = res.headers.get("X-Csa-Warning"), sources = null, blob;
+      if (explain) {  // JSON: the result as base64 PNG plus the cell maps (see /docs, ExplainBody)
+        sources = await res.json();
+        blob = await (await fetch(`data:image/png;base64,${sources.result_png}`)).blob();
+        warning = sources.warnings.join("; ") || null;
+      } else blob = await res.blob();
+      const result = await makePicture(blob);
       if (controller.signal.aborted) { release(result); throw new DOMException("cancelled", "AbortError"); }
+      if (sources) sources.hole = holeBits();  // before the new round clears the mask
       pushRound(result, method);
+      state.history[lastRoundIndex()].sources = sources;
       replayMask();  // a new round starts with an empty mask
       el.compare.value = "50";
       showRound();
@@ -697,6 +708,66 @@
   }
   el.inpaint.addEventListener("click", inpaint);
   el.cancel.addEventListener("click", cancel);
+
+  // --- show sources: map a hovered image pixel to its source, as ExplainBody describes ---------
+  function mirror(v, n) {  // reflection about the first and last index, any distance
+    if (n === 1) return 0;
+    const period = 2 * (n - 1);
+    v = ((v % period) + period) % period;
+    return v > n - 1 ? period - v : v;
+  }
+  function sourceOf(frames, y, x) {  // [row, col] of the source, "known" (convolution only) or null
+    for (const f of frames) {
+      const [top, left, bottom, right] = f.box;
+      if (y < top || y >= bottom || x < left || x >= right) continue;
+      const cy = Math.floor(Math.min(Math.max(Math.floor(f.offset[0] + (y - top + 0.5) * f.fit[0] / (bottom - top)), 0), f.canvas[0] - 1) / f.cell);
+      const cx = Math.floor(Math.min(Math.max(Math.floor(f.offset[1] + (x - left + 0.5) * f.fit[1] / (right - left)), 0), f.canvas[1] - 1) / f.cell);
+      const s = f.cells[cy * f.grid[1] + cx];
+      if (s < 0) return "known";
+      const out = [];
+      for (const [axis, idx] of [[0, Math.floor(s / f.grid[1])], [1, s % f.grid[1]]]) {
+        const fit = mirror(idx * f.cell + f.cell / 2 - 0.5 - f.offset[axis], f.fit[axis]);
+        const start = f.box[axis], stop = f.box[axis + 2];
+        out.push(start + (fit + 0.5) * (stop - start) / f.fit[axis] - 0.5);
+      }
+      return out;
+    }
+    return null;
+  }
+  function showSourceAt(point) {
+    const i = lastRoundIndex(), round = i < 0 ? null : state.history[i];
+    const info = point && el.showSources.checked && round && !state.peek ? round.sources : null;
+    let src = null, x = 0, y = 0;
+    if (info) {
+      x = Math.floor(point[0]); y = Math.floor(point[1]);
+      const [h, w] = info.size;
+      if (x >= 0 && y >= 0 && x < w && y < h && info.hole[y * w + x]) src = sourceOf(info.frames, y, x);
+      if (src === "known") {
+        setStatus(`pixel (${x}, ${y}): its 8x8 cell counts as known to the CSA layer (filled by convolution only)`);
+        src = null;
+      } else if (src) {
+        setStatus(`pixel (${x}, ${y}) came from around (${Math.round(src[1])}, ${Math.round(src[0])}): ` +
+                  "the CSA layer's choice for its 8x8 cell (the decoder shapes every pixel too)");
+      }
+    }
+    el.sourceFrom.hidden = el.sourceTo.hidden = !src;
+    if (!src) return;
+    const v = state.view;
+    el.sourceFrom.style.transform = `translate(${v.x + (x + 0.5) * v.z}px, ${v.y + (y + 0.5) * v.z}px)`;
+    el.sourceTo.style.transform = `translate(${v.x + (src[1] + 0.5) * v.z}px, ${v.y + (src[0] + 0.5) * v.z}px)`;
+  }
+  function holeBits() {  // 1 where the mask being sent is hole (the same alpha rule as holePixels)
+    const c = document.createElement("canvas");
+    c.width = mask.width; c.height = mask.height;
+    const ctx = c.getContext("2d", { willReadFrequently: true });
+    ctx.drawImage(mask, 0, 0);
+    const d = ctx.getImageData(0, 0, c.width, c.height).data;
+    const bits = new Uint8Array(c.width * c.height);
+    for (let i = 0; i < bits.length; i++) bits[i] = d[4 * i + 3] >= 128 ? 1 : 0;
+    c.width = c.height = 0;
+    return bits;
+  }
+  el.showSources.addEventListener("change", () => showSourceAt(null));
 
   function extensionOf(type) {
     const m = /^image\/([a-z]+)/.exec(type || "");
