@@ -218,8 +218,10 @@ def test_picture_is_an_image_of_the_inputs_size(tiny) -> None:
     img = two_textures(128, 192)
     hole = np.zeros(img.shape[:2], bool)
     hole[40:80, 120:170] = True
-    pic = tiny.explain(img, hole).picture()
+    ex = tiny.explain(img, hole)
+    pic = ex.picture(scale=1)
     assert pic.size == (192, 128) and pic.mode == "RGB"
+    assert ex.picture().size == (384, 256), "small images are enlarged to stay readable"
     arr = np.asarray(pic)
     assert (arr[60, 140] != arr[60, 20]).any()
 
@@ -263,7 +265,7 @@ def test_cli_explain_writes_picture_and_npz(capsys, tmp_path, tiny_model_file, o
                           "--weights", tiny_model_file, "--explain", tmp_path / "map.png")
     assert code == 0, err
     assert "map.npz" in out
-    assert Image.open(tmp_path / "map.png").size == (128, 96)
+    assert Image.open(tmp_path / "map.png").size == (256, 192)  # enlarged 2x: under 512 pixels
     with np.load(tmp_path / "map.npz") as data:
         assert data["sources"].dtype == np.int32 and data["sources"].shape == (96, 128, 2)
         assert data["blend"].dtype == np.float32 and data["blend"].shape == (96, 128)
@@ -361,7 +363,7 @@ def test_api_explain_answers_result_picture_and_a_map_a_client_can_follow(api, t
     body = resp.json()
     result = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["result_png"]))))
     assert np.array_equal(result[~hole], img[~hole])
-    assert Image.open(io.BytesIO(base64.b64decode(body["picture_png"]))).size == (w, h)
+    assert Image.open(io.BytesIO(base64.b64decode(body["picture_png"]))).size == (2 * w, 2 * h)
     assert body["strategy"] == strategy and body["size"] == [h, w] and body["hole_pixels"] == int(hole.sum())
     expected = tiny.explain(img, hole, strategy=strategy).sources
     for y, x in [(150, 250), (170, 270), (189, 289), (160, 255)]:

@@ -149,11 +149,13 @@ class Explanation:
         self.save_npz(npz)
         return picture_path, npz
 
-    def picture(self, arrows: int = 24, seed: int = 0) -> Image.Image:
+    def picture(self, arrows: int = 24, seed: int = 0, scale: int = 0) -> Image.Image:
         """The result in grey with every pixel tinted by a colour of its position; hole pixels
         take the colour of the position their content came from. Arrows run from a sample of
-        hole cells to their sources (white ring = source)."""
+        hole pixels (black dot) to their sources (white ring). ``scale``: an integer
+        enlargement (0: 2 for images under 512 pixels, else 1), so small images stay readable."""
         h, w = self.hole.shape
+        scale = scale or (2 if max(h, w) < 512 else 1)
         rgb = _rgb8(self.result)
         grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
         rows, cols = np.mgrid[0:h, 0:w]
@@ -169,15 +171,18 @@ class Explanation:
         edge[:, 1:] |= self.hole[:, 1:] != self.hole[:, :-1]
         out[edge] = 0.0  # the hole's outline
         img = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+        if scale > 1:
+            img = img.resize((w * scale, h * scale), Image.Resampling.NEAREST)
         draw = ImageDraw.Draw(img)
         ys, xs = np.nonzero(picked)
         if len(ys):
             rng = np.random.default_rng(seed)
             take = rng.choice(len(ys), size=min(arrows, len(ys)), replace=False)
-            width = max(1, round(max(h, w) / 300))
+            width = max(1, round(max(h, w) * scale / 400))
             for k in take:
                 y0, x0 = int(ys[k]), int(xs[k])
                 y1, x1 = (int(v) for v in self.sources[y0, x0])
+                y0, x0, y1, x1 = (v * scale + scale // 2 for v in (y0, x0, y1, x1))
                 draw.line([(x0, y0), (x1, y1)], fill=(255, 255, 255), width=width)
                 r = 2 * width + 1
                 draw.ellipse([x1 - r, y1 - r, x1 + r, y1 + r], outline=(255, 255, 255), width=width)
