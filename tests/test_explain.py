@@ -232,8 +232,17 @@ def test_classical_methods_and_exported_models_refuse_explain() -> None:
     img = np.zeros((64, 64, 3), np.uint8)
     with pytest.raises(CsaError, match="classical method 'telea'"):
         Inpainter.from_method("telea").explain(img, hole)
-    with pytest.raises(CsaError, match="exported model"):
-        Inpainter(torch.nn.Identity(), name="model.onnx").explain(img, hole)
+    from pathlib import Path
+
+    from csa.config import ModelConfig
+    from csa.runtime import OnnxGenerator, TorchScriptGenerator
+
+    for exported in (TorchScriptGenerator(Path("g.ts"), torch.nn.Identity(), {}, ModelConfig()),
+                     OnnxGenerator(Path("g.onnx"), None, {}, ModelConfig())):
+        with pytest.raises(CsaError, match=f"exported {exported.runtime} model"):
+            Inpainter(exported, name="g").explain(img, hole)
+    with pytest.raises(CsaError, match="no single CSA layer"):
+        Inpainter(torch.nn.Identity(), name="plain").explain(img, hole)
 
 
 # --- csa inpaint --explain ------------------------------------------------------------------

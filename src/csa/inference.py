@@ -596,8 +596,11 @@ class Inpainter:
 
         if self.fill is not None:
             raise refuse(f"the classical method {self.name!r}", "it has no attention layer")
+        runtime = getattr(self.model, "runtime", None)
+        if runtime is not None:  # csa.runtime's exports: the graph runs as a whole, its layer's choices stay inside
+            raise refuse(f"the exported {runtime} model {self.name!r}", "an export runs the CSA layer inside its graph")
         if len(self._csa_layers()) != 1:
-            raise refuse(f"the model {self.name!r}", "an exported model hides its CSA layer")
+            raise refuse(f"the model {self.name!r}", "it has no single CSA layer")
         inputs = image if isinstance(image, Inputs) else load_inputs(
             image, mask, invert=invert, mask_from_alpha=mask_from_alpha,
             resize_mask=resize_mask, max_pixels=self.max_pixels)
