@@ -288,6 +288,7 @@
     el.zoomValue.textContent = `${Math.round(state.view.z * 100)}%`;
     document.body.dataset.zoom = String(state.view.z);
     updateCursor();
+    el.sourceFrom.hidden = el.sourceTo.hidden = true;  // placed for the old view; the next hover places them again
     invalidate();
   }
   function toImage(sx, sy) {
@@ -483,7 +484,7 @@
   };
   el.view.addEventListener("pointerup", endDrag);
   el.view.addEventListener("pointercancel", endDrag);
-  el.view.addEventListener("pointerleave", () => { cursorAt = null; updateCursor(); });
+  el.view.addEventListener("pointerleave", () => { cursorAt = null; updateCursor(); showSourceAt(null); });
   el.view.addEventListener("auxclick", (ev) => ev.preventDefault());  // no middle-click paste / autoscroll
 
   el.stage.addEventListener("wheel", (ev) => {
