@@ -433,6 +433,17 @@ def create_app(
             log.exception("inpainting failed")
             return error_response(500, "internal", "unexpected server error: see the server log")
 
+    async def read_request(request: Request, image: UploadFile, mask: UploadFile, method: str,
+                           strategy: Optional[str]) -> tuple[Any, Optional[str], bytes, bytes]:
+        """The checks both fill endpoints make, in order: fields, method, strategy, part types;
+        then the two parts' bytes (bounded: the body limit middleware cuts off larger uploads)."""
+        check_fields(await request.form(), INPAINT_FIELDS)
+        chosen = pick(runnable, method)
+        used_strategy = chosen.check_strategy(strategy or None)
+        _check_declared_type(image, "image")
+        _check_declared_type(mask, "mask")
+        return chosen, used_strategy, await image.read(), await mask.read()
+
     @app.post(
         f"{API}/inpaint",
         response_class=Response,
@@ -456,13 +467,7 @@ def create_app(
         never silently ignored; so are an unknown method and a strategy the method does not
         take. A client that disconnects before the answer cancels the request.
         """
-        check_fields(await request.form(), INPAINT_FIELDS)
-        chosen = pick(runnable, method)
-        used_strategy = chosen.check_strategy(strategy or None)
-        _check_declared_type(image, "image")
-        _check_declared_type(mask, "mask")
-        # Bounded: the body limit middleware has cut off anything over max_upload_bytes.
-        image_bytes, mask_bytes = await image.read(), await mask.read()
+        chosen, used_strategy, image_bytes, mask_bytes = await read_request(request, image, mask, method, strategy)
         answer = await run_cancellable(request, _inpaint_png, chosen.inpainter, image_bytes, mask_bytes,
                                        invert, resize_mask, used_strategy, max_pixels)
         if isinstance(answer, Response):
@@ -495,12 +500,7 @@ def create_app(
         geometry, so that a client maps any pixel itself (see the response schema). It is the layer's
         choice per cell, not pixel-exact provenance. Classical methods have no attention: 400.
         """
-        check_fields(await request.form(), INPAINT_FIELDS)
-        chosen = pick(runnable, method)
-        used_strategy = chosen.check_strategy(strategy or None)
-        _check_declared_type(image, "image")
-        _check_declared_type(mask, "mask")
-        image_bytes, mask_bytes = await image.read(), await mask.read()
+        chosen, used_strategy, image_bytes, mask_bytes = await read_request(request, image, mask, method, strategy)
         answer = await run_cancellable(request, _explain_json, chosen.inpainter, image_bytes, mask_bytes,
                                        invert, resize_mask, used_strategy, max_pixels)
         if isinstance(answer, Response):
