@@ -233,23 +233,16 @@ def main() -> None:
 
     import torch
 
-    if args.explain:
-        print(f"machine: {_cpu_name()}, {os.cpu_count()} cores visible; torch {torch.__version__}, "
-              f"{args.threads} threads, CPU")
+    if args.explain or args.runtimes:
+        versions = f"torch {torch.__version__}"
+        if args.runtimes:
+            import onnxruntime
+
+            versions += f", onnxruntime {onnxruntime.__version__}"
+        print(f"machine: {_cpu_name()}, {os.cpu_count()} cores visible; {versions}, {args.threads} threads, CPU")
         print(f"command: python benchmarks/inference.py {' '.join(sys.argv[1:])}".rstrip())
         print("load average at start: " + ", ".join(f"{v:.1f}" for v in os.getloadavg()))
-        explain_overhead(args.threads, args.repeat, args.hole)
-        print("load average at end: " + ", ".join(f"{v:.1f}" for v in os.getloadavg()))
-        return
-
-    if args.runtimes:
-        import onnxruntime
-
-        print(f"machine: {_cpu_name()}, {os.cpu_count()} cores visible; torch {torch.__version__}, "
-              f"onnxruntime {onnxruntime.__version__}, {args.threads} threads (both), CPU")
-        print(f"command: python benchmarks/inference.py {' '.join(sys.argv[1:])}".rstrip())
-        print("load average at start: " + ", ".join(f"{v:.1f}" for v in os.getloadavg()))
-        runtimes(args.threads, args.repeat, args.hole)
+        (explain_overhead if args.explain else runtimes)(args.threads, args.repeat, args.hole)
         print("load average at end: " + ", ".join(f"{v:.1f}" for v in os.getloadavg()))
         return
 
