@@ -102,6 +102,7 @@ class LossConfig:
     gan_feature: float = 0.2
     perceptual: float = 0.0  # not in the paper: relative VGG feature distance at pool1-3 (0: off)
     style: float = 0.0  # not in the paper: relative Gram-matrix distance at pool1-3, a texture term (0: off)
+    grid: float = 0.0  # not in the paper: L1 of the fill's 2- and 4-pixel grid-locked component (0: off)
     d_input: Literal["raw", "composite"] = "raw"  # what D sees as fake; the release: the raw refined output
     vgg_weights: Optional[str] = None  # VGG16 weights file; None: $CSA_VGG16, then ~/.cache/csa/
 
@@ -196,7 +197,7 @@ class Config:
                 raise CsaError(f"train.{key} must be >= 0, got {getattr(t, key)}")
         if t.log_every < 1:
             raise CsaError("train.log_every must be at least 1")
-        for key in ("l1", "consistency", "gan_image", "gan_feature", "perceptual", "style"):
+        for key in ("l1", "consistency", "gan_image", "gan_feature", "perceptual", "style", "grid"):
             if getattr(lo, key) < 0:
                 raise CsaError(f"loss.{key} must be >= 0 (0 switches the term off), got {getattr(lo, key)}")
         if self.data.num_workers < 0:

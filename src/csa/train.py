@@ -539,7 +539,7 @@ class Trainer:
         weights = LossWeights(l1=config.loss.l1, l1_hole=config.loss.l1_hole_weight,
                               consistency=config.loss.consistency,
                               gan_image=config.loss.gan_image, gan_feature=config.loss.gan_feature,
-                              perceptual=config.loss.perceptual, style=config.loss.style)
+                              perceptual=config.loss.perceptual, style=config.loss.style, grid=config.loss.grid)
         if weights.needs_vgg and vgg is None:
             from .nn.vgg import load_vgg16
 
