@@ -102,7 +102,7 @@ class LossConfig:
     gan_feature: float = 0.2
     perceptual: float = 0.0  # not in the paper: relative VGG feature distance at pool1-3 (0: off)
     style: float = 0.0  # not in the paper: relative Gram-matrix distance at pool1-3, a texture term (0: off)
-    grid: float = 0.0  # not in the paper: L1 of the fill's 2- and 4-pixel grid-locked component (0: off)
+    grid: float = 0.0  # not in the paper: spectral peaks of a 2/4/8-pixel grid in the fill (0: off)
     d_input: Literal["raw", "composite"] = "raw"  # what D sees as fake; the release: the raw refined output
     vgg_weights: Optional[str] = None  # VGG16 weights file; None: $CSA_VGG16, then ~/.cache/csa/
 

@@ -82,7 +82,7 @@ class LossWeights:
     gan_feature: float = 0.2
     perceptual: float = 0.0  # not in the paper: VGG feature distance at the three pools
     style: float = 0.0  # not in the paper: Gram-matrix (texture statistics) distance at the three pools
-    grid: float = 0.0  # not in the paper: the refined output's pixel-grid-locked component near the hole
+    grid: float = 0.0  # not in the paper: spectral peaks of a 2/4/8-pixel grid in the fill
 
     @property
     def needs_fake_vgg(self) -> bool:
@@ -143,42 +143,38 @@ def style_loss(fake_pools: Sequence[Tensor], real_pools: Sequence[Tensor]) -> Te
     return sum(_relative_l1(gram(f), gram(r)) for f, r in zip(fake_pools, real_pools)) / len(real_pools)
 
 
-GRID_PERIODS = (2, 4)  # the up-steps nearest the output: 4x4 stride-2 transposed convs at 1/1 and 1/2 resolution
-GRID_WINDOW = 4  # phase deviations are averaged over 4 x 4 cells of each period (8 and 16 pixels)
+GRID_PERIOD = 8  # the up path's three 2x transposed convs below the CSA level: grids of 2, 4 and 8 px
+GRID_NEIGHBOUR = 2  # a harmonic's power is compared with the bins this far away on either axis
 
 
-def phase_deviation(x: Tensor, period: int, window: int = GRID_WINDOW) -> Tensor:
-    """How each of the period x period pixel phases differs from their mean, averaged over windows.
+def grid_excess(x: Tensor, period: int = GRID_PERIOD) -> Tensor:
+    """Power at the harmonics of a ``period``-pixel grid above that of the nearby frequencies.
 
-    N x C x H x W -> N x (C * period**2) x H / (period * window) x W / (period * window).
-    Texture that is not locked to the pixel grid averages out over a window; a grid that
-    repeats every ``period`` pixels (the mark of a transposed conv's upsampling) does not.
+    N x C x H x W (sides divisible by ``period``) -> one value: over the (period^2 - 1)
+    harmonic bins (a H / period, b W / period) of each channel's 2-D spectrum, the power in
+    excess of the mean of the four bins ``GRID_NEIGHBOUR`` away, summed, averaged over N and C.
+    Texture spreads its power over neighbouring frequencies (no excess); a grid locked to the
+    pixel grid puts it in the harmonic bins alone.
     """
     n, c, h, w = x.shape
-    phases = x.reshape(n, c, h // period, period, w // period, period).permute(0, 1, 3, 5, 2, 4)
-    phases = phases.reshape(n, c * period * period, h // period, w // period)
-    means = phases.reshape(n, c, period * period, h // period, w // period).mean(2, keepdim=True)
-    deviation = phases.reshape(n, c, period * period, h // period, w // period) - means
-    return F.avg_pool2d(deviation.reshape_as(phases), window)
+    power = torch.fft.fft2(x).abs().pow(2) / (h * w)
+    fy = torch.arange(0, h, h // period, device=x.device)[:, None]
+    fx = torch.arange(0, w, w // period, device=x.device)[None, :]
+    offsets = ((GRID_NEIGHBOUR, 0), (-GRID_NEIGHBOUR, 0), (0, GRID_NEIGHBOUR), (0, -GRID_NEIGHBOUR))
+    around = sum(power[..., (fy + dy) % h, (fx + dx) % w] for dy, dx in offsets) / len(offsets)
+    excess = F.relu(power[..., fy, fx] - around)
+    excess = excess * (torch.arange(period * period, device=x.device) > 0).view(period, period)  # not DC
+    return excess.sum() / (n * c)
 
 
-def grid_loss(output: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """Mean |phase deviation of (output - target)| over windows that touch the hole, periods 2 and 4.
+def grid_loss(composite: Tensor, target: Tensor) -> Tensor:
+    """:func:`grid_excess` of the fill's residual ``composite - target`` (zero outside the hole).
 
     Not in the paper: a penalty on a periodic grid over the fill (docs/method.md, 'Losses: beyond the paper').
-    It is linear in the residual before the absolute value, so it asks only that the fill's
-    grid-locked component match the photo's (nearly none), and leaves texture free.
-    Sides must divide by 16.
     """
-    with torch.autocast(output.device.type, enabled=False):
-        output, target, mask = _float32(output, target, mask)
-        residual = output - target
-        total = residual.new_zeros(())
-        for period in GRID_PERIODS:
-            deviation = phase_deviation(residual, period).abs()
-            near_hole = F.max_pool2d((mask > 0.5).to(residual.dtype), period * GRID_WINDOW)  # N x 1 x h x w
-            total = total + (deviation * near_hole).sum() / (near_hole.sum() * deviation.shape[1]).clamp(min=1.0)
-        return total / len(GRID_PERIODS)
+    with torch.autocast(composite.device.type, enabled=False):
+        composite, target = _float32(composite, target)
+        return grid_excess(composite - target)
 
 
 class VGGPair(NamedTuple):
@@ -260,7 +256,7 @@ class Objective(nn.Module):
             terms["style"] = style_loss(feats.fake_pools, feats.real_pools)
             total = total + w.style * terms["style"]
         if w.grid > 0:
-            terms["grid"] = grid_loss(out.refined, gt, mask)
+            terms["grid"] = grid_loss(out.composite, gt)
             total = total + w.grid * terms["grid"]
         terms["total"] = total
         return terms
