@@ -54,9 +54,11 @@ from .nn.attention import EPS, CoherentSemanticAttention, blend_weights, feature
 from .nn.generator import (
     CSA_DOWNSAMPLINGS,
     FILL_FINE_SIDE,
+    FILL_BAND,
     FILL_ITERATIONS_COARSE,
     FILL_ITERATIONS_FINE,
     CSAGenerator,
+    fill_domain,
 )
 
 PathLike = Union[str, os.PathLike]
@@ -155,16 +157,21 @@ class SmoothFill(nn.Module):
     index (TorchScript has no ``reversed``). tests/test_export.py compares it with the original.
     """
 
-    __constants__ = ["coarse_steps", "fine_steps", "fine_side"]
+    __constants__ = ["coarse_steps", "fine_steps", "fine_side", "band"]
 
     def __init__(self) -> None:
         super().__init__()
         self.coarse_steps = FILL_ITERATIONS_COARSE
         self.fine_steps = FILL_ITERATIONS_FINE
         self.fine_side = FILL_FINE_SIDE
+        self.band = FILL_BAND
         self.register_buffer("tiny", torch.tensor(1e-12), persistent=False)
 
     def forward(self, image: Tensor, hole: Tensor) -> Tensor:
+        filled = self.relax(image, fill_domain(hole, self.band))
+        return torch.where(hole, filled, image)
+
+    def relax(self, image: Tensor, hole: Tensor) -> Tensor:
         known = (~hole).to(image.dtype)
         sums = [torch.where(hole, torch.zeros_like(image), image)]
         weights = [known]

@@ -199,22 +199,35 @@ class RefineOutermost(nn.Module):
 # levels (cheap), a few on the large fine ones (measured on 204 free-form validation
 # pairs: 22 ms per 256x256 image on one core, PSNR in the hole 19.5 dB vs 17.7 without).
 FILL_ITERATIONS_COARSE, FILL_ITERATIONS_FINE, FILL_FINE_SIDE = 32, 4, 128
+# smooth_fill reads only the known pixels within this many pixels of the hole: farther ones
+# (a dark object beside it) would tint a large hole through the coarse levels. Measured on
+# 98 validation crops: PSNR in the hole 16.92 / 19.53 dB (centre / free-form) vs 16.94 / 19.51
+# reading every known pixel; on the synthetic scenes of tests/synthetic_scenes.py the block
+# holes' mean colour error falls from 1.9-5.7 levels to under 0.1.
+FILL_BAND = 4
+
+
+def fill_domain(hole: Tensor, band: int = FILL_BAND) -> Tensor:
+    """What smooth_fill solves for: the hole and every pixel farther than ``band`` from it."""
+    near = F.max_pool2d(hole.to(torch.float32), 2 * band + 1, stride=1, padding=band) > 0
+    return hole | ~near
 
 
 def smooth_fill(image: Tensor, hole: Tensor) -> Tensor:
     """``image`` with its hole filled by a smooth, nearly harmonic blend of the known colours.
 
-    A multigrid relaxation: known pixels are averaged down a pyramid (each level weighted
-    by how much of it is known); on the way up, each level starts from the one above and
-    its unknown part is repeatedly replaced by its neighbours' mean, the known part held.
-    A thin stroke gets its neighbours' colours, a large hole a smooth extension of its
-    border. ``hole`` is a boolean N x 1 x H x W; the image must have a known pixel.
+    A multigrid relaxation over the known band around the hole (:func:`fill_domain`): its
+    pixels are averaged down a pyramid (each level weighted by how much of it is known); on
+    the way up, each level starts from the one above and its unknown part is repeatedly
+    replaced by its neighbours' mean, the known part held. A thin stroke gets its
+    neighbours' colours, a large hole a smooth extension of its border. ``hole`` is a
+    boolean N x 1 x H x W; the image must have a known pixel.
     Runs in float32 (or float64) with autocast off: a bf16 relaxation would band smooth gradients.
     """
     if image.dtype in (torch.float16, torch.bfloat16):
         return smooth_fill(image.float(), hole).to(image.dtype)
     with torch.autocast(image.device.type, enabled=False):
-        return _smooth_fill(image, hole)
+        return torch.where(hole, _smooth_fill(image, fill_domain(hole)), image)
 
 
 def _smooth_fill(image: Tensor, hole: Tensor) -> Tensor:
