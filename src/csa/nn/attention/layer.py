@@ -35,16 +35,35 @@ class CoherentSemanticAttention(nn.Module):
 
     def __init__(self, mode: str = "stable", implementation: str = "auto") -> None:
         super().__init__()
-        check_csa_mode(mode)
-        if implementation not in self.IMPLEMENTATIONS:
-            raise CsaError(f"CSA implementation must be one of {self.IMPLEMENTATIONS}, got {implementation!r}")
+        self._backends: dict[tuple[torch.device, torch.dtype], Union[FastBackend, ReferenceBackend]] = {}
         self.mode = mode
         self.implementation = implementation
         # Set record_sources to keep the layer's choices of each forward in last_sources
         # (csa.inference's explain does); off, the layer computes nothing extra.
         self.record_sources = False
         self.last_sources: CsaSources | None = None
-        self._backends: dict[tuple[torch.device, torch.dtype], Union[FastBackend, ReferenceBackend]] = {}
+
+    # Setting either one forgets the backends chosen so far (the Triton self-check is per mode).
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        check_csa_mode(mode)
+        self._mode = mode
+        self._backends.clear()
+
+    @property
+    def implementation(self) -> str:
+        return self._implementation
+
+    @implementation.setter
+    def implementation(self, implementation: str) -> None:
+        if implementation not in self.IMPLEMENTATIONS:
+            raise CsaError(f"CSA implementation must be one of {self.IMPLEMENTATIONS}, got {implementation!r}")
+        self._implementation = implementation
+        self._backends.clear()
 
     def backend_for(self, features: Tensor) -> Union[FastBackend, ReferenceBackend]:
         """The backend object that runs features like these: resolved on first use, then kept."""
