@@ -40,8 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout too
 
-from csa.nn.attention import csa_reference  # noqa: E402
-from csa.nn.fast_attention import csa_fast, resolve_backend  # noqa: E402
+from csa.nn.attention import csa_fast, csa_reference, resolve_backend  # noqa: E402
 
 
 @dataclass
@@ -153,10 +152,13 @@ def floor_ms(features: torch.Tensor, mask: torch.Tensor, runs: int) -> float:
 # --- the table ------------------------------------------------------------------------------
 
 
-def _impls(mask: torch.Tensor) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
+def _impls(mask: torch.Tensor, dtype: torch.dtype) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
+    # The fast layer's backend is resolved once, as the layer does (a name passed on every
+    # call would be resolved, on CUDA with the Triton self-check, inside each timing).
+    fast = resolve_backend("auto", torch.empty(0, dtype=dtype, device=mask.device), "stable")
     impls = [
         ("reference", lambda f: csa_reference(f, mask, "stable")),
-        ("fast", lambda f: csa_fast(f, mask, "stable")),
+        ("fast", lambda f: csa_fast(f, mask, "stable", backend=fast)),
     ]
     if mask.device.type == "cuda":  # the fallback beside the Triton kernels
         impls.append(("fast, torch backend", lambda f: csa_fast(f, mask, "stable", backend="torch")))
@@ -182,7 +184,7 @@ def memory_peak(device: torch.device, dtype: torch.dtype, case: Case, label: str
     if device.type == "cpu":
         _return_freed_memory()
     feats, mask, grad = _inputs(case, device, dtype)
-    layer = dict(_impls(mask))[label]
+    layer = dict(_impls(mask, dtype))[label]
     call = _fwd_bwd(layer, feats.clone().requires_grad_(), grad)
     call()  # one-time allocations (numba's kernels, torch's lazy init) are not the layer's memory
     return peak_mib(call, device)
@@ -199,13 +201,13 @@ def _memory_in_child(args: argparse.Namespace, case: Case, label: str) -> Option
 
 def run(args: argparse.Namespace) -> None:
     device, dtype, cases = torch.device(args.device), getattr(torch, args.dtype), _cases(args)
-    backend = resolve_backend("auto", torch.empty(0, dtype=dtype, device=device))
+    backend = resolve_backend("auto", torch.empty(0, dtype=dtype, device=device), "stable").name
     rows = []
     for case in cases:
         feats, mask, grad = _inputs(case, device, dtype)
         holes = int(mask.sum())
         floor = floor_ms(feats, mask, 10 if args.quick else 50)
-        for label, layer in _impls(mask):
+        for label, layer in _impls(mask, dtype):
             runs = case.ref_runs if label == "reference" else case.fast_runs
             runs = max(3, runs // 4) if args.quick else runs
             x = feats.clone().requires_grad_()
@@ -240,9 +242,10 @@ def run(args: argparse.Namespace) -> None:
 
 def breakdown(dtype: torch.dtype, runs: int = 50) -> None:
     """Where the fast layer's time goes at 1x512x32x32 (numba backend): its stages, timed alone."""
-    from csa.nn import fast_attention as fa
+    from csa.nn.attention import fast, numba_backend
 
-    kern = fa._numba_kernels()
+    kern = numba_backend._numba_kernels()
+    numba = numba_backend.NumbaBackend()
     feats, mask, grad = _inputs(CASES[0], torch.device("cpu"), dtype)
     n, c, h, w = feats.shape
     x = feats.view(n, c, h * w)
@@ -258,7 +261,7 @@ def breakdown(dtype: torch.dtype, runs: int = 50) -> None:
     gi = torch.empty_like(go)
     gout, dq, dsrc = (x.new_empty(n, length, c) for _ in range(3))
     kern.gather_rows(x.numpy(), order.numpy(), nh.numpy(), q.numpy())
-    dmax, arg = fa._search_exact(x, q, order, nh.tolist(), fa.SEARCH_CHUNK_ELEMENTS, True)
+    dmax, arg = fast.search_exact(x, q, order, nh.tolist(), fast.SEARCH_CHUNK_ELEMENTS, numba)
     keys = x.new_empty(c, h * w - length)
     known = order[0, length:]
     fwd_args = (x.numpy(), out.numpy(), order.numpy(), arg.numpy(), src.numpy(), nh.numpy(), dmax.numpy(), True,
@@ -270,8 +273,8 @@ def breakdown(dtype: torch.dtype, runs: int = 50) -> None:
             kern.gather_rows(x.numpy(), order.numpy(), nh.numpy(), q.numpy()))),
         ("known keys: gather + normalise", lambda: kern.gather_unit_columns(x[0].numpy(), known.numpy(), keys.numpy())),
         ("search matmul (the floor)", lambda: torch.mm(q[0], keys)),
-        ("whole search (keys, matmul, argmax)", lambda: fa._search_exact(
-            x, q, order, nh.tolist(), fa.SEARCH_CHUNK_ELEMENTS, True)),
+        ("whole search (keys, matmul, argmax)", lambda: fast.search_exact(
+            x, q, order, nh.tolist(), fast.SEARCH_CHUNK_ELEMENTS, numba)),
         ("generate kernel: source gather, recurrence, output", lambda: kern.forward(*fwd_args)),
         ("backward kernel: reverse recurrence, gradient scatter", lambda: kern.backward(
             go.numpy(), gi.numpy(), order.numpy(), src.numpy(), nh.numpy(), dmax.numpy(), True,
@@ -308,7 +311,7 @@ def main() -> None:
     if args.device == "cpu" and not args.default_malloc:
         _keep_freed_heap()
     run(args)
-    if args.device == "cpu" and resolve_backend("auto", torch.empty(0, dtype=getattr(torch, args.dtype))) == "numba":
+    if args.device == "cpu" and resolve_backend("auto", torch.empty(0, dtype=getattr(torch, args.dtype))).name == "numba":
         breakdown(getattr(torch, args.dtype))
 
 

@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import csa.nn.fast_attention as fast_attention
 import csa.train as train
 from csa.config import Config
 from csa.errors import CsaError
 from csa.losses import Objective
+from csa.nn.attention import FastBackend
 from csa.nn.vgg import VGG16Features
 from csa.train import Trainer, read_state, resolve_checkpoint
 
@@ -46,13 +46,13 @@ def test_bf16_step_keeps_csa_and_losses_float32_and_reaches_every_parameter(vgg,
     assert trainer.amp_dtype == torch.bfloat16
 
     csa_inputs: list[tuple[torch.dtype, bool]] = []
-    original_csa = fast_attention.csa_fast
+    original_csa = FastBackend.run  # what the layer calls: its fast backend object
 
-    def spy_csa(features, mask, *args, **kwargs):
+    def spy_csa(backend, features, mask, *args, **kwargs):
         csa_inputs.append((features.dtype, torch.is_autocast_enabled("cpu")))
-        return original_csa(features, mask, *args, **kwargs)
+        return original_csa(backend, features, mask, *args, **kwargs)
 
-    monkeypatch.setattr(fast_attention, "csa_fast", spy_csa)
+    monkeypatch.setattr(FastBackend, "run", spy_csa)
     term_dtypes: dict[str, torch.dtype] = {}
     for name in ("generator_loss", "discriminator_loss"):
         original = getattr(Objective, name)

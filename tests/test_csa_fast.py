@@ -11,11 +11,10 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from csa.errors import CsaError
-from csa.nn import fast_attention
-from csa.nn.attention import CoherentSemanticAttention, csa_reference
+from csa.nn.attention import CoherentSemanticAttention, csa_reference, numba_backend, resolve_backend, triton_backend
 from csa.nn.fast_attention import csa_fast
 
-HAS_TRITON = fast_attention.triton_available()
+HAS_TRITON = triton_backend.triton_available()
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed (pip install triton)")
 TRITON = pytest.param("triton", marks=needs_triton)
 BACKENDS = ["numba", "torch", TRITON]
@@ -219,11 +218,11 @@ def test_layer_dispatch_and_options() -> None:
 
 
 def test_without_numba_auto_uses_the_torch_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fast_attention, "numba_available", lambda: False)
+    monkeypatch.setattr(numba_backend, "numba_available", lambda: False)
     feats = torch.randn(1, 4, 5, 5)
-    assert fast_attention.resolve_backend("auto", feats) == "torch"
+    assert resolve_backend("auto", feats).name == "torch"
     with pytest.raises(CsaError, match="needs numba"):
-        fast_attention.resolve_backend("numba", feats)
+        resolve_backend("numba", feats)
     mask = torch.zeros(1, 1, 5, 5)
     mask[..., 1:3, 1:4] = 1
     torch.testing.assert_close(CoherentSemanticAttention()(feats, mask), csa_reference(feats, mask))
@@ -270,7 +269,7 @@ def test_cuda_matches_the_reference(mode: str, dtype: torch.dtype, backend: str)
     (out_gpu * weight.cuda()).sum().backward()
     torch.testing.assert_close(f_gpu.grad.cpu(), f_ref.grad, **tol)
     if backend == "auto":
-        assert fast_attention.resolve_backend("auto", f_gpu) == "triton"  # the kernels passed their self-check
+        assert resolve_backend("auto", f_gpu, mode).name == "triton"  # the kernels passed their self-check
 
 
 @pytest.mark.cuda
@@ -319,7 +318,7 @@ def test_triton_backend_reads_nothing_back_from_the_device(monkeypatch: pytest.M
     value (item, bool, int, tolist, nonzero, numpy), so no host-device sync on a GPU."""
     mask = batch_masks()
     feats = features_with_margin(mask, 6, torch.float32, positive=False).requires_grad_()
-    kernels = fast_attention._triton_kernels()
+    kernels = triton_backend._triton_kernels()
     reads: list[str] = []
     real = {name: getattr(torch.Tensor, name) for name in ("item", "__bool__", "__int__", "__index__",
                                                             "__float__", "tolist", "nonzero", "numpy")}
@@ -344,7 +343,7 @@ def test_triton_backend_reads_nothing_back_from_the_device(monkeypatch: pytest.M
                         monkeypatch.setattr(torch.Tensor, attr, spy(attr))
             return call
 
-    monkeypatch.setattr(fast_attention, "_triton_kernels", lambda: Quiet())
+    monkeypatch.setattr(triton_backend, "_triton_kernels", lambda: Quiet())
     for attr in real:
         monkeypatch.setattr(torch.Tensor, attr, spy(attr))
     out = csa_fast(feats, mask, "stable", backend="triton")
@@ -357,11 +356,11 @@ def test_triton_backend_reads_nothing_back_from_the_device(monkeypatch: pytest.M
 
 @needs_triton
 def test_triton_self_check_falls_back_to_torch_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert fast_attention._triton_self_check(torch.device("cpu"), "stable")
+    assert triton_backend.triton_self_check(torch.device("cpu"), "stable")
     with torch.inference_mode():  # as `csa inpaint` first calls the layer: the check still runs
-        assert fast_attention._triton_self_check(torch.device("cpu"), "official")
+        assert triton_backend.triton_self_check(torch.device("cpu"), "official")
     with torch.no_grad():
-        assert fast_attention._triton_self_check(torch.device("cpu"), "stable")
+        assert triton_backend.triton_self_check(torch.device("cpu"), "stable")
 
     class Broken:
         def __getattr__(self, name):
@@ -369,9 +368,9 @@ def test_triton_self_check_falls_back_to_torch_with_a_warning(monkeypatch: pytes
                 raise RuntimeError("no kernel image is available for execution on the device")
             return fail
 
-    monkeypatch.setattr(fast_attention, "_triton_kernels", lambda: Broken())
+    monkeypatch.setattr(triton_backend, "_triton_kernels", lambda: Broken())
     with pytest.warns(UserWarning, match="using the torch backend"):
-        assert not fast_attention._triton_self_check(torch.device("cpu"), "official")
+        assert not triton_backend.triton_self_check(torch.device("cpu"), "official")
 
 
 @needs_triton

@@ -20,6 +20,17 @@ from .errors import CsaError
 
 CsaMode = Literal["official", "stable"]
 HoleFill = Literal["release", "smooth"]
+CSA_MODES: tuple[str, ...] = typing.get_args(CsaMode)
+#: Both U-Nets halve the resolution this many times, so a model's input sides are multiples
+#: of SIDE_MULTIPLE (the config's image_size, the generator's inputs, inference's padding).
+TOTAL_DOWNSAMPLINGS = 8
+SIDE_MULTIPLE = 2**TOTAL_DOWNSAMPLINGS
+
+
+def check_csa_mode(mode: str, name: str = "CSA mode") -> None:
+    """Refuse a CSA mode other than 'official' and 'stable' (``name``: what the message calls it)."""
+    if mode not in CSA_MODES:
+        raise CsaError(f"{name} must be {' or '.join(map(repr, CSA_MODES))}, got {mode!r}")
 
 
 @dataclass
@@ -36,8 +47,7 @@ class ModelConfig:
     mask_channel: bool = False  # both stages also get the hole mask as an input channel
 
     def __post_init__(self) -> None:
-        if self.csa_mode not in ("official", "stable"):
-            raise CsaError(f"csa_mode must be 'official' or 'stable', got {self.csa_mode!r}")
+        check_csa_mode(self.csa_mode, "csa_mode")
         if self.hole_fill not in typing.get_args(HoleFill):
             raise CsaError(f"hole_fill must be 'release' or 'smooth', got {self.hole_fill!r}")
         for name in ("rough_ngf", "refine_ngf"):
@@ -181,9 +191,9 @@ class Config:
                 raise CsaError(f"{key} must be at least 1, got {value}")
         if t.max_steps is not None and t.max_steps < 1:
             raise CsaError(f"train.max_steps must be at least 1 (or null to train by epochs), got {t.max_steps}")
-        if self.model.image_size % 256:
-            raise CsaError(f"model.image_size must be a multiple of 256 (the U-Nets halve it 8 times), "
-                           f"got {self.model.image_size}")
+        if self.model.image_size % SIDE_MULTIPLE:
+            raise CsaError(f"model.image_size must be a multiple of {SIDE_MULTIPLE} (the U-Nets halve it "
+                           f"{TOTAL_DOWNSAMPLINGS} times), got {self.model.image_size}")
         if lo.l1_hole_weight <= 0:
             raise CsaError(f"loss.l1_hole_weight must be positive (1: the paper's plain L1), got {lo.l1_hole_weight}")
         for key in ("lr", "beta1", "beta2", "checkpoint_minutes"):

@@ -50,9 +50,9 @@ from torch import Tensor, nn
 
 from .checkpoints import CONFIG_KEY
 from .errors import CsaError
-from .nn.attention import EPS, CoherentSemanticAttention, blend_weights, feature_mask
+from .config import check_csa_mode
+from .nn.attention import CSA_DOWNSAMPLINGS, EPS, CoherentSemanticAttention, blend_weights, feature_mask
 from .nn.generator import (
-    CSA_DOWNSAMPLINGS,
     FILL_FINE_SIDE,
     FILL_BAND,
     FILL_ITERATIONS_COARSE,
@@ -106,8 +106,7 @@ class TraceableCSA(nn.Module):
 
     def __init__(self, mode: str) -> None:
         super().__init__()
-        if mode not in ("official", "stable"):
-            raise CsaError(f"CSA mode must be 'official' or 'stable', got {mode!r}")
+        check_csa_mode(mode)
         self.mode = mode
         self.eps = EPS
 

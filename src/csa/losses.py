@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .nn.attention import feature_mask
-from .nn.generator import CSA_DOWNSAMPLINGS, GeneratorOutput, init_weights
+from .nn.generator import GeneratorOutput, init_weights
 
 VGG_TAP_CHANNELS = 512  # VGG16 relu4_3
 
@@ -240,8 +239,7 @@ class Objective(nn.Module):
                  "l1_rough": weighted_l1(out.rough, gt, mask, w.l1_hole)}
         total = w.l1 * (terms["l1_refined"] + terms["l1_rough"])
         if w.consistency > 0:
-            mask_feat = feature_mask((mask > 0.5).to(gt.dtype), CSA_DOWNSAMPLINGS)
-            terms["consistency"] = self.consistency((out.tap_enc, out.tap_dec), feats.real_relu43, mask_feat)
+            terms["consistency"] = self.consistency((out.tap_enc, out.tap_dec), feats.real_relu43, out.mask_feat)
             total = total + w.consistency * terms["consistency"]
         if w.gan_image > 0:
             terms["g_image"] = ralsgan_g(d_image(gt).detach(), d_image(self.fake(out)))

@@ -63,11 +63,11 @@ class ExportedGenerator(nn.Module):
         self.parameter_count = int(metadata.get("parameters", "0") or 0)
 
     def forward(self, image: Tensor, mask: Tensor) -> ExportedOutput:
-        from .nn.attention import check_known_positions, feature_mask
-        from .nn.generator import CSA_DOWNSAMPLINGS, check_inputs
+        from .nn.attention import checked_feature_mask
+        from .nn.generator import check_inputs
 
         check_inputs(image, mask)
-        check_known_positions(feature_mask((mask > 0.5).float(), CSA_DOWNSAMPLINGS))
+        checked_feature_mask(mask, torch.float32)
         completed, refined = self._run(image.detach().float().cpu().contiguous(),
                                        mask.detach().float().cpu().contiguous())
         return ExportedOutput(completed.to(image.device), refined.to(image.device))

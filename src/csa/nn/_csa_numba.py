@@ -1,6 +1,6 @@
 """Compiled CPU kernels of the fast CSA layer (numba): gathers, the recurrence and its reverse.
 
-Imported lazily by :mod:`csa.nn.fast_attention` (importing numba costs ~0.3 s, compiling
+Imported lazily by :mod:`csa.nn.attention.numba_backend` (importing numba costs ~0.3 s, compiling
 ~seconds the first time; ``cache=True`` keeps the machine code on disk afterwards).
 
 Layouts: features are ``x[n, c, p]`` (N x C x HW, contiguous, the network's layout); the

@@ -1,6 +1,6 @@
 """Triton kernels of the fast CSA layer (CUDA): the search, the recurrence and its reverse.
 
-Imported lazily by :mod:`csa.nn.fast_attention` when the features live on a CUDA device and
+Imported lazily by :mod:`csa.nn.attention.triton_backend` when the features live on a CUDA device and
 Triton imports (it ships with PyTorch's CUDA wheels; nothing is compiled on the user's
 machine beyond Triton's own JIT). With ``TRITON_INTERPRET=1`` set before the first import,
 the same kernels run on CPU tensors through Triton's interpreter: that is how the tests

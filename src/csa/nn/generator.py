@@ -17,14 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ModelConfig
+from ..config import SIDE_MULTIPLE, ModelConfig
 from ..errors import CsaError
-from .attention import CoherentSemanticAttention, check_known_positions, feature_mask
+# CSA_DOWNSAMPLINGS is defined with the CSA layer and stays importable from here (csa.inference reads it here).
+from .attention import CSA_DOWNSAMPLINGS, CoherentSemanticAttention, checked_feature_mask  # noqa: F401
 
 # The release's constant for the rough stage's hole fill: (123, 104, 117) / 255 in [-1, 1].
 HOLE_FILL = tuple(v / 255.0 * 2.0 - 1.0 for v in (123, 104, 117))
-CSA_DOWNSAMPLINGS = 3  # the CSA layer works at 1/8 of the input resolution
-TOTAL_DOWNSAMPLINGS = 8  # both U-Nets halve the resolution 8 times: sides must divide by 256
 
 
 def _norm(channels: int) -> nn.InstanceNorm2d:
@@ -255,6 +254,7 @@ class GeneratorOutput(NamedTuple):
     composite: Tensor  # refined (clamped to [-1, 1]) in the hole, the input elsewhere
     tap_enc: Tensor  # consistency tap #1 (CSA output), N x 8ngf x H/8 x W/8
     tap_dec: Tensor  # consistency tap #2 (decoder feature), N x 8ngf x H/8 x W/8
+    mask_feat: Tensor  # the hole mask at the CSA layer's resolution (the consistency loss's too), N x 1 x H/8 x W/8
 
 
 def check_inputs(image: Tensor, mask: Tensor) -> None:
@@ -267,7 +267,7 @@ def check_inputs(image: Tensor, mask: Tensor) -> None:
             f"mask shape {tuple(mask.shape)} does not match image shape {tuple(image.shape)}: "
             f"expected {expected} (1 = hole)"
         )
-    side = 2**TOTAL_DOWNSAMPLINGS
+    side = SIDE_MULTIPLE
     if image.shape[2] % side or image.shape[3] % side:
         raise CsaError(f"image sides must be multiples of {side}, got {tuple(image.shape[2:])}: resize or pad first")
 
@@ -290,8 +290,7 @@ class CSAGenerator(nn.Module):
     def forward(self, image: Tensor, mask: Tensor) -> GeneratorOutput:
         check_inputs(image, mask)
         hole = mask > 0.5
-        mask_feat = feature_mask(hole.to(image.dtype), CSA_DOWNSAMPLINGS)
-        check_known_positions(mask_feat)
+        mask_feat = checked_feature_mask(mask, image.dtype)
 
         if self.config.hole_fill == "smooth":
             filled = smooth_fill(image, hole)
@@ -305,7 +304,7 @@ class CSAGenerator(nn.Module):
         zero_hole = torch.where(hole, torch.zeros_like(image), image)
         refined, tap_enc, tap_dec = self.refine(torch.cat([coarse, zero_hole, *mask_in], 1), mask_feat)
         composite = torch.where(hole, refined.clamp(-1.0, 1.0), image)
-        return GeneratorOutput(rough, refined, composite, tap_enc, tap_dec)
+        return GeneratorOutput(rough, refined, composite, tap_enc, tap_dec, mask_feat)
 
 
 def build_generator(config: Optional[ModelConfig] = None) -> CSAGenerator:
