@@ -20,7 +20,10 @@ from safetensors.torch import load_file
 from csa.checkpoints import load_generator, read_metadata
 from csa.config import Config
 from csa.errors import CsaError
-from csa.train import EpochBatches, Trainer, lr_factor, parse_resume_args, read_state, resolve_checkpoint
+from csa.cli import parse_resume_args
+from csa.distributed import EpochBatches
+from csa.run_folder import read_state, resolve_checkpoint
+from csa.train import Trainer, lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
