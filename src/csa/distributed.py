@@ -3,13 +3,15 @@ the data order (seeded, sharded over the ranks, resumable mid-epoch)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.utils.data import Sampler
 
 from .errors import CsaError
@@ -69,6 +71,18 @@ def agree(info: DistInfo, device: torch.device, *flags: bool) -> tuple[bool, ...
     values = torch.tensor([float(f) for f in flags], device=device if device.type == "cuda" else "cpu")
     dist.all_reduce(values, op=dist.ReduceOp.MAX)
     return tuple(bool(v.item()) for v in values)
+
+
+def parameter_digest(modules: Sequence[Optional[nn.Module]]) -> str:
+    """sha256 of every tensor of the modules (None skipped), in order: equal on every rank after a good run."""
+    h = hashlib.sha256()
+    for module in modules:
+        if module is None:
+            continue
+        for key, value in module.state_dict().items():
+            h.update(key.encode())
+            h.update(value.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 class EpochBatches(Sampler[list[int]]):

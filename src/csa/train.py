@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import math
 import os
 import sys
@@ -47,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 from . import run_folder
 from .config import Config
 from .devices import resolve_device
-from .distributed import DistInfo, EpochBatches, agree, init_distributed
+from .distributed import DistInfo, EpochBatches, agree, init_distributed, parameter_digest
 from .errors import EXIT_INTERRUPTED, EXIT_OK, CsaError
 from .losses import Objective
 from .nn.discriminators import FeatureDiscriminator, PatchDiscriminator
@@ -390,14 +389,7 @@ class Trainer:
 
     def parameter_digest(self) -> str:
         """sha256 of every trainable tensor (generator, projections, discriminators), in order."""
-        h = hashlib.sha256()
-        for module in (self.generator, self.consistency, self.d_image, self.d_feature):
-            if module is None:
-                continue
-            for key, value in module.state_dict().items():
-                h.update(key.encode())
-                h.update(value.detach().float().cpu().numpy().tobytes())
-        return h.hexdigest()
+        return parameter_digest([self.generator, self.consistency, self.d_image, self.d_feature])
 
     # --- the loop ---------------------------------------------------------------------------
 
