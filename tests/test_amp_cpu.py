@@ -18,7 +18,8 @@ from csa.errors import CsaError
 from csa.losses import Objective
 from csa.nn.attention import FastBackend
 from csa.nn.vgg import VGG16Features
-from csa.train import Trainer, read_state, resolve_checkpoint
+from csa.run_folder import read_state, resolve_checkpoint
+from csa.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"

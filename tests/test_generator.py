@@ -145,7 +145,7 @@ def test_an_unknown_hole_fill_is_refused() -> None:
 
 
 def test_widening_the_input_for_the_mask_channel_keeps_what_the_model_computes() -> None:
-    from csa.train import widen_input_channels
+    from csa.run_folder import widen_input_channels
 
     torch.manual_seed(0)
     old = build_generator(ModelConfig(rough_ngf=4, refine_ngf=4)).eval()

@@ -20,7 +20,10 @@ from safetensors.torch import load_file
 from csa.checkpoints import load_generator, read_metadata
 from csa.config import Config
 from csa.errors import CsaError
-from csa.train import EpochBatches, Trainer, lr_factor, parse_resume_args, read_state, resolve_checkpoint
+from csa.cli import parse_resume_args
+from csa.distributed import EpochBatches
+from csa.run_folder import read_state, resolve_checkpoint
+from csa.train import Trainer, lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -172,6 +175,36 @@ def test_tiny_config_trains_with_every_term_finite(three_steps) -> None:
     assert model.config.rough_ngf == 4
     # the consistency projections (32 -> 512 channels) are trained with the generator
     assert any(k.startswith("consistency.projections.") for k in load_file(str(ckpt / "training.safetensors")))
+
+
+def test_run_folder_format_is_the_one_runs_were_written_with(three_steps) -> None:
+    """A run written before csa.run_folder existed resumes after it: the files, state.pt's keys and
+    the metadata stay as they were (change them only with a reader for the old layout)."""
+    assert {"checkpoints", "config.yaml", "scalars.jsonl", "tb"} <= {p.name for p in three_steps.iterdir()}
+    ckpt = resolve_checkpoint(three_steps)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["generator.safetensors", "state.pt", "training.safetensors"]
+    state = read_state(ckpt)
+    assert set(state) == {"format", "step", "epoch", "batch_in_epoch", "world_size", "batch_size", "optimizer_g",
+                          "optimizer_d", "scaler_g", "scaler_d", "rng", "config", "nets"}
+    assert state["format"] == "csa-train-state/1" and state["nets"] == ["d_image", "d_feature"]
+    assert set(state["rng"]) == {"torch", "numpy", "python"}
+    assert set(read_metadata(ckpt / "training.safetensors")) == {"csa_model_config", "csa_train_config", "step", "epoch"}
+    assert {k.split(".")[0] for k in load_file(str(ckpt / "training.safetensors"))} == {"d_image", "d_feature",
+                                                                                       "consistency"}
+
+
+def test_one_device_rule_for_training_and_inference() -> None:
+    from csa.devices import resolve_device
+
+    assert resolve_device("cpu") == resolve_device(" CPU ") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu"), setting="train.device=") == torch.device("cpu")
+    with pytest.raises(CsaError, match="unknown device train.device=gpu"):
+        resolve_device("gpu", setting="train.device=")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(CsaError, match="train.device=cuda:1 asked for, but CUDA is not available here: use "
+                                           "train.device=cpu"):
+            resolve_device("cuda:1", setting="train.device=", local_rank=1)
 
 
 def test_resume_continues_bit_identically(files, three_steps, tmp_path) -> None:

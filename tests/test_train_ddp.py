@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from csa.train import read_state, resolve_checkpoint
+from csa.run_folder import read_state, resolve_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

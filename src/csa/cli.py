@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import typer
 
@@ -237,6 +237,24 @@ def serve(
             raise typer.Exit(EXIT_RUNTIME) from None
 
 
+def parse_resume_args(extra: Sequence[str]) -> Optional[str]:
+    """``--resume [PATH]`` from the train command's extra arguments (typer cannot say 'optional value').
+
+    Returns None (no --resume), "" (--resume alone) or the path.
+    """
+    args = list(extra)
+    resume: Optional[str] = None
+    while args:
+        a = args.pop(0)
+        if a == "--resume":
+            resume = args.pop(0) if args and not args[0].startswith("-") else ""
+        elif a.startswith("--resume="):
+            resume = a.split("=", 1)[1]
+        else:
+            raise CsaError(f"unexpected argument {a!r}: see `csa train --help`")
+    return resume
+
+
 @app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 def train(
     ctx: typer.Context,
@@ -253,7 +271,7 @@ def train(
     Several processes: torchrun --nproc_per_node N -m csa train ...
     """
     require("train", "csa train", ("tensorboard",))
-    from .train import NonFiniteLoss, parse_resume_args, run_training
+    from .train import NonFiniteLoss, run_training
 
     resume = parse_resume_args(ctx.args)
     try:

@@ -116,6 +116,14 @@ class LossConfig:
     d_input: Literal["raw", "composite"] = "raw"  # what D sees as fake; the release: the raw refined output
     vgg_weights: Optional[str] = None  # VGG16 weights file; None: $CSA_VGG16, then ~/.cache/csa/
 
+    @property
+    def needs_fake_vgg(self) -> bool:
+        return self.gan_feature > 0 or self.perceptual > 0 or self.style > 0
+
+    @property
+    def needs_vgg(self) -> bool:
+        return self.consistency > 0 or self.needs_fake_vgg
+
 
 @dataclass
 class DiscriminatorConfig:

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .devices import resolve_device
 from .errors import CsaError
 
 if TYPE_CHECKING:
@@ -92,19 +93,6 @@ def default_weights_path() -> Path:
             "(a .safetensors model written by `csa train` or `csa convert`)"
         )
     return DEFAULT_WEIGHTS
-
-
-def resolve_device(device: Union[str, torch.device]) -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``; a clear error when CUDA is not there."""
-    name = str(device).strip().lower()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CsaError(f"device {device!r} asked for, but CUDA is not available here: use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise CsaError(f"unknown device {device!r}: use cpu or cuda") from None
 
 
 # --- inputs -------------------------------------------------------------------------------

@@ -5,13 +5,13 @@ both sides), and the feature discriminator's generator term sees VGG(fake) with 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import LossConfig
 from .nn.generator import GeneratorOutput, init_weights
 
 VGG_TAP_CHANNELS = 512  # VGG16 relu4_3
@@ -70,26 +70,9 @@ class ConsistencyLoss(nn.Module):
             return sum(masked_mse(proj(*_float32(tap)), target, mask_feat) for proj, tap in zip(self.projections, taps))
 
 
-@dataclass
-class LossWeights:
-    """The release's weights (docs/method.md, 'Losses'); a weight of 0 switches its term off."""
-
-    l1: float = 100.0  # on both stages: l1 * (L1(refined) + L1(rough))
-    l1_hole: float = 1.0  # hole pixels' weight in the L1 terms, known pixels' being 1 (1: the paper's plain mean)
-    consistency: float = 1.0
-    gan_image: float = 0.2
-    gan_feature: float = 0.2
-    perceptual: float = 0.0  # not in the paper: VGG feature distance at the three pools
-    style: float = 0.0  # not in the paper: Gram-matrix (texture statistics) distance at the three pools
-    grid: float = 0.0  # not in the paper: spectral peaks of a 2/4/8-pixel grid in the fill
-
-    @property
-    def needs_fake_vgg(self) -> bool:
-        return self.gan_feature > 0 or self.perceptual > 0 or self.style > 0
-
-    @property
-    def needs_vgg(self) -> bool:
-        return self.consistency > 0 or self.needs_fake_vgg
+# The loss weights have one home, the config's loss section (docs/method.md, 'Losses'); the
+# objective reads them from a LossConfig, and this name stays for code written against it.
+LossWeights = LossConfig
 
 
 def weighted_l1(output: Tensor, target: Tensor, mask: Tensor, hole_weight: float = 1.0) -> Tensor:
@@ -235,8 +218,8 @@ class Objective(nn.Module):
                        gt: Tensor, mask: Tensor, feats: VGGPair) -> dict[str, Tensor]:
         """The weighted generator objective (docs/method.md, 'Losses'); unweighted terms are returned too."""
         w = self.weights
-        terms = {"l1_refined": weighted_l1(out.refined, gt, mask, w.l1_hole),
-                 "l1_rough": weighted_l1(out.rough, gt, mask, w.l1_hole)}
+        terms = {"l1_refined": weighted_l1(out.refined, gt, mask, w.l1_hole_weight),
+                 "l1_rough": weighted_l1(out.rough, gt, mask, w.l1_hole_weight)}
         total = w.l1 * (terms["l1_refined"] + terms["l1_rough"])
         if w.consistency > 0:
             terms["consistency"] = self.consistency((out.tap_enc, out.tap_dec), feats.real_relu43, out.mask_feat)

@@ -1,4 +1,4 @@
-"""Training: the Trainer (steps, checkpoints, resume, logging, DDP) and ``csa export``.
+"""Training: the Trainer (networks, optimisers, one step, the loop) and ``csa train``'s entry point.
 
 One iteration, in the release's order (docs/method.md, 'Training recipe'):
 
@@ -8,18 +8,9 @@ One iteration, in the release's order (docs/method.md, 'Training recipe'):
 3. generator step: Adam on the rough and refine nets and the consistency loss's 1x1
    projections, against the just-updated discriminators.
 
-Run folder (only rank 0 writes)::
-
-    RUN_DIR/config.yaml                     the full training config
-    RUN_DIR/scalars.jsonl                   one JSON line of scalars every train.log_every steps
-    RUN_DIR/tb/                             TensorBoard scalars and image grids
-    RUN_DIR/checkpoints/step_00001000/      one checkpoint:
-        generator.safetensors               the generator (model config in the metadata; loads
-                                            with csa.checkpoints.load_generator)
-        training.safetensors                discriminators and consistency projections
-        state.pt                            optimisers, AMP scalers, RNG states, step / epoch /
-                                            position in the epoch, the config (weights_only=True)
-    RUN_DIR/checkpoints/latest              the name of the newest checkpoint
+Around it: the run folder and its checkpoints (:mod:`csa.run_folder`), the processes and
+the data order (:mod:`csa.distributed`), the logs (:mod:`csa.run_log`), and stopping by
+signal (:mod:`csa.signals`).
 
 Mixed precision (``train.amp``, :func:`_amp_dtype`): autocast around the networks, so the
 convolutions of the generator, VGG16 and the discriminators run in bf16 (or fp16 on CUDA);
@@ -27,11 +18,10 @@ the CSA layer, the feature mask, the smooth hole fill and every loss term turn a
 and compute in float32 (see csa.nn.attention, csa.nn.generator, csa.losses). Parameters,
 gradients and Adam moments stay float32; only fp16 uses a GradScaler.
 
-A checkpoint is written into a temporary folder and renamed into place, so a crash or
-a second signal never leaves a half-written one. Resuming restores weights, optimiser
-moments, RNG states and the data position (epoch, batch within the epoch), so on CPU a
-run of 6 steps equals 3 steps, stop, resume, 3 more, bit for bit (same world size, batch
-size and thread count; in float32 and under bf16 autocast alike).
+Resuming restores weights, optimiser moments, RNG states and the data position (epoch,
+batch within the epoch), so on CPU a run of 6 steps equals 3 steps, stop, resume, 3 more,
+bit for bit (same world size, batch size and thread count; in float32 and under bf16
+autocast alike).
 
 Exit codes: 0 done, 1 non-finite loss (nothing saved after the last good checkpoint),
 2 bad input, 130 stopped by SIGINT / SIGTERM after saving a checkpoint.
@@ -40,44 +30,39 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import math
 import os
-import random
-import re
-import shutil
-import signal
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from .checkpoints import CONFIG_KEY, save_generator, save_tensors
+from . import run_folder
 from .config import Config
+from .devices import resolve_device
+from .distributed import DistInfo, EpochBatches, agree, init_distributed, parameter_digest
 from .errors import EXIT_INTERRUPTED, EXIT_OK, CsaError
-from .imageio import atomic_write
-from .losses import LossWeights, Objective
+from .losses import Objective
 from .nn.discriminators import FeatureDiscriminator, PatchDiscriminator
 from .nn.generator import CSAGenerator, GeneratorOutput, build_generator, init_weights
+from .run_log import RunLog, image_grid
+from .signals import StopFlag
+
+# Names that lived here before the run folder, the processes, the logs and the signals got
+# their own modules; they stay importable from csa.train.
+from .run_folder import (  # noqa: E402,F401  (re-exported)
+    CHECKPOINT_DIR, GENERATOR_FILE, LATEST, NETS_FILE, STATE_FILE, STATE_FORMAT, TRAIN_CONFIG_KEY,
+    export_generator, list_checkpoints, read_generator_weights, read_state, resolve_checkpoint, widen_input_channels,
+)
 
 PathLike = Union[str, os.PathLike]
-CHECKPOINT_DIR = "checkpoints"
-LATEST = "latest"
-STATE_FILE = "state.pt"
-GENERATOR_FILE = "generator.safetensors"
-NETS_FILE = "training.safetensors"
-TRAIN_CONFIG_KEY = "csa_train_config"
-STATE_FORMAT = "csa-train-state/1"
-_CKPT_RE = re.compile(r"^step_(\d{8,})$")
+_OTHER_NETS = ("d_image", "d_feature", "consistency")  # the prefixes in training.safetensors
 
 
 class NonFiniteLoss(RuntimeError):
@@ -94,104 +79,6 @@ class NonFiniteLoss(RuntimeError):
         self.step, self.term, self.value = step, term, value
 
 
-# --- distributed --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class DistInfo:
-    """This process's place in a (possibly single-process) run."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_pref: str) -> DistInfo:
-    """Join the process group torchrun describes (RANK / WORLD_SIZE / LOCAL_RANK), if any.
-
-    gloo on CPU, NCCL on CUDA. Without those variables: a single process.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    info = DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_available():
-        raise CsaError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-    if not dist.is_initialized():
-        cuda = _wants_cuda(device_pref)
-        if cuda:
-            torch.cuda.set_device(info.local_rank)
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return info
-
-
-def _wants_cuda(device_pref: str) -> bool:
-    if device_pref == "auto":
-        return torch.cuda.is_available()
-    return device_pref.startswith("cuda")
-
-
-def resolve_device(device_pref: str, info: DistInfo) -> torch.device:
-    if device_pref == "auto":
-        device_pref = "cuda" if torch.cuda.is_available() else "cpu"
-    if device_pref.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise CsaError(f"train.device={device_pref} but CUDA is not available here: use train.device=cpu")
-        if info.enabled:  # one GPU per process, chosen by torchrun's LOCAL_RANK
-            return torch.device("cuda", info.local_rank)
-        return torch.device(device_pref)
-    if device_pref != "cpu":
-        raise CsaError(f"train.device must be auto, cpu, cuda or cuda:N, got {device_pref!r}")
-    return torch.device("cpu")
-
-
-# --- data order ---------------------------------------------------------------------------
-
-
-class EpochBatches(Sampler[list[int]]):
-    """Seeded, sharded, resumable batches: a DistributedSampler that can start mid-epoch.
-
-    Epoch ``e`` shuffles with ``numpy.random.default_rng([seed, e])``, pads the order to a
-    multiple of the world size (repeating its start, like DistributedSampler), gives rank
-    ``r`` every ``world``-th index from ``r``, and cuts that into full batches (the last
-    partial batch is dropped, so every step has ``batch_size`` samples on every rank).
-    :meth:`set_position` selects the epoch and the number of batches already done.
-    """
-
-    def __init__(self, n: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 shuffle: bool = True) -> None:
-        self.n, self.batch_size, self.rank, self.world_size = n, batch_size, rank, world_size
-        self.seed, self.shuffle = seed, shuffle
-        self.per_rank = math.ceil(n / world_size)
-        self.batches_per_epoch = self.per_rank // batch_size
-        self.epoch, self.start = 0, 0
-
-    def set_position(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def batches(self, epoch: int) -> list[list[int]]:
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
-        total = self.per_rank * self.world_size
-        order = np.concatenate([order, order[: total - self.n]]) if total > self.n else order
-        mine = order[self.rank : total : self.world_size].tolist()
-        b = self.batch_size
-        return [mine[i * b : (i + 1) * b] for i in range(self.batches_per_epoch)]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches(self.epoch)[self.start :])
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch - self.start
-
-
 def lr_factor(cfg: Config, epoch: int, step: int) -> float:
     """The learning-rate multiplier of docs/method.md, 'Training recipe' (``lr_unit: epoch``) or its per-step form."""
     t = cfg.train
@@ -201,254 +88,7 @@ def lr_factor(cfg: Config, epoch: int, step: int) -> float:
     return max(0.0, 1.0 - max(0, x - t.lr_decay_start) / float(t.lr_decay_length))
 
 
-# --- checkpoints on disk ----------------------------------------------------------------------
-
-
-def list_checkpoints(run_dir: PathLike) -> list[Path]:
-    """Complete checkpoints of a run folder, oldest step first."""
-    folder = Path(run_dir) / CHECKPOINT_DIR
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if _CKPT_RE.match(p.name) and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(_CKPT_RE.match(p.name).group(1)))  # type: ignore[union-attr]
-
-
-def read_generator_weights(path: PathLike) -> dict[str, Tensor]:
-    """Generator weights (float32) from a run folder, a checkpoint, or an exported .safetensors file."""
-    from safetensors.torch import load_file
-
-    p = Path(path)
-    if not p.exists():
-        raise CsaError(f"train.init_from: {p} does not exist (give a run folder, a checkpoint folder or a "
-                       "generator .safetensors file)")
-    file = p if p.is_file() and p.suffix == ".safetensors" and p.name != NETS_FILE else resolve_checkpoint(p) / GENERATOR_FILE
-    try:
-        weights = load_file(str(file))
-    except Exception as exc:
-        raise CsaError(f"train.init_from: cannot read generator weights from {file} ({exc})") from None
-    return {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
-
-
-def widen_input_channels(weights: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Zero-pad conv weights that have fewer input channels than ``target``'s (dim 1).
-
-    Starting a ``model.mask_channel`` model from one without: the new channel's weights
-    start at zero, so the widened model computes exactly what the old one did.
-    """
-    out = dict(weights)
-    for key, w in weights.items():
-        t = target.get(key)
-        if t is None or w.dim() != 4 or t.dim() != 4 or w.shape[1] >= t.shape[1]:
-            continue
-        if w.shape[0] == t.shape[0] and w.shape[2:] == t.shape[2:]:
-            out[key] = torch.cat([w, w.new_zeros(w.shape[0], t.shape[1] - w.shape[1], *w.shape[2:])], dim=1)
-    return out
-
-
-def resolve_checkpoint(path: PathLike) -> Path:
-    """A checkpoint folder from a checkpoint folder, a file inside one, or a run folder (its latest)."""
-    p = Path(path)
-    if p.is_file() and (p.parent / STATE_FILE).is_file():
-        return p.parent
-    if (p / STATE_FILE).is_file():
-        return p
-    if (p / CHECKPOINT_DIR).is_dir():
-        pointer = p / CHECKPOINT_DIR / LATEST
-        if pointer.is_file():
-            named = p / CHECKPOINT_DIR / pointer.read_text(encoding="utf-8").strip()
-            if (named / STATE_FILE).is_file():
-                return named
-        found = list_checkpoints(p)
-        if found:
-            return found[-1]
-        raise CsaError(f"run folder {p} has no complete checkpoint yet: nothing to resume or export")
-    if not p.exists():
-        raise CsaError(f"{p} not found: give a run folder (csa train --out) or one of its checkpoints")
-    raise CsaError(f"{p} is neither a run folder nor a checkpoint: give RUN_DIR or RUN_DIR/checkpoints/step_N")
-
-
-def read_state(ckpt: Path) -> dict[str, Any]:
-    """The state file of a checkpoint, read with ``weights_only=True`` (no pickled code)."""
-    try:
-        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for bad files
-        raise CsaError(f"cannot read {ckpt / STATE_FILE} ({type(exc).__name__}: {exc}): the checkpoint is damaged; "
-                       "resume from an older one in the same folder") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise CsaError(f"{ckpt / STATE_FILE} is not a csa training state ({STATE_FORMAT})")
-    return state
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        with contextlib.suppress(Exception):  # a different GPU count: keep the current CUDA RNG
-            torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --- signals ------------------------------------------------------------------------------
-
-
-class StopFlag:
-    """SIGINT / SIGTERM handling: the first signal asks the loop to stop after the current step
-    (and save); a second one abandons the step at once (KeyboardInterrupt, nothing saved)."""
-
-    def __init__(self) -> None:
-        self.signal: Optional[str] = None
-        self._previous: dict[int, Any] = {}
-
-    def __bool__(self) -> bool:
-        return self.signal is not None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
-
-    def __enter__(self) -> "StopFlag":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-
-# --- logging ------------------------------------------------------------------------------
-
-
-def image_grid(rows: Sequence[Sequence[Tensor]]) -> Tensor:
-    """3 x (R*H) x (C*W) image in [0, 1] from rows of 3 x H x W tensors in [-1, 1] (a 2-px white gap)."""
-    gap = 2
-    out_rows = []
-    for row in rows:
-        cells = []
-        for t in row:
-            cells += [((t.float().clamp(-1, 1) + 1) / 2).cpu(), torch.ones(3, t.shape[1], gap)]
-        out_rows += [torch.cat(cells[:-1], 2)]
-        out_rows += [torch.ones(3, gap, out_rows[-1].shape[2])]
-    return torch.cat(out_rows[:-1], 1)
-
-
-_SHOWN = ("g_total", "l1_refined", "consistency", "d_total")  # the losses on the progress line
-
-
-class RunLog:
-    """tqdm progress, TensorBoard and scalars.jsonl for rank 0; does nothing on other ranks."""
-
-    def __init__(self, run_dir: Optional[Path], enabled: bool, start_step: int, total: int, progress: bool) -> None:
-        self.enabled = enabled and run_dir is not None
-        self.writer = None
-        self.jsonl = None
-        self.bar = None
-        self.lines = False
-        if not self.enabled:
-            return
-        assert run_dir is not None
-        path = run_dir / "scalars.jsonl"
-        _truncate_jsonl(path, start_step)  # a resumed run rewrites what came after its checkpoint
-        self.jsonl = open(path, "a", encoding="utf-8")
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
-        self.total = total
-        # A bar on a terminal; in a log file (a background run) one plain line per logged step.
-        self.lines = progress and not sys.stderr.isatty()
-        if progress and not self.lines:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr,
-                            smoothing=0.05)
-
-    def say(self, text: str) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr, flush=True)
-
-    def step(self, terms: dict[str, float]) -> None:
-        if self.bar is not None:
-            short = {k: terms[k] for k in _SHOWN if k in terms}
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in short.items()}, refresh=False)
-            self.bar.update(1)
-
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        assert self.writer is not None and self.jsonl is not None
-        for key, value in values.items():
-            if key not in ("step", "epoch"):
-                self.writer.add_scalar(_tb_tag(key), value, step)
-        self.jsonl.write(json.dumps({"step": step, **values}, sort_keys=False) + "\n")
-        self.jsonl.flush()
-        if self.lines:
-            shown = " ".join(f"{k}={values[k]:.4g}" for k in _SHOWN if k in values)
-            print(f"step {step}/{self.total} epoch {values.get('epoch', 0)} lr {values.get('lr', 0):.3g} "
-                  f"{values.get('sec_per_step', 0):.2f} s/step {shown}", file=sys.stderr, flush=True)
-
-    def images(self, step: int, grid: Tensor) -> None:
-        if self.enabled and self.writer is not None:
-            self.writer.add_image("samples/input_rough_refined_truth", grid, step)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
-        if self.jsonl is not None:
-            self.jsonl.close()
-
-
-def _tb_tag(key: str) -> str:
-    if key.startswith("d_"):
-        return f"loss_D/{key}"
-    if key in ("lr", "sec_per_step", "images_per_sec"):
-        return f"train/{key}"
-    return f"loss_G/{key}"
-
-
-def _truncate_jsonl(path: Path, keep_upto: int) -> None:
-    """Drop lines of steps after ``keep_upto`` (they belong to steps undone by a resume)."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if int(json.loads(line).get("step", 0)) <= keep_upto:
-                kept.append(line)
-        except (ValueError, AttributeError, TypeError):
-            continue  # a line cut by a crash
-    text = "".join(k + "\n" for k in kept)
-
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(text, encoding="utf-8")
-
-    atomic_write(path, write)
-
-
-# --- the trainer --------------------------------------------------------------------------
+# --- precision ----------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -502,6 +142,61 @@ def _warn_slow_bf16() -> None:
               "and likely slower than float32 (train.amp=off)", file=sys.stderr, flush=True)
 
 
+# --- the networks -------------------------------------------------------------------------
+
+
+def _build_generator(config: Config, device: torch.device) -> CSAGenerator:
+    """The generator, seeded, or started from ``train.init_from``."""
+    generator = build_generator(dataclasses.replace(config.model)).to(device)
+    init_from = config.train.init_from
+    if init_from:
+        try:
+            generator.load_state_dict(
+                widen_input_channels(read_generator_weights(init_from), generator.state_dict()), strict=True)
+        except RuntimeError as exc:
+            raise CsaError(f"train.init_from: {init_from} does not fit the config's model section "
+                           f"({str(exc)[:300]})") from None
+    return generator
+
+
+def _build_objective(config: Config, device: torch.device, vgg: Optional[nn.Module]) -> Objective:
+    loss = config.loss
+    if loss.needs_vgg and vgg is None:
+        from .nn.vgg import load_vgg16
+
+        vgg = load_vgg16(loss.vgg_weights)
+    return Objective(vgg if loss.needs_vgg else None, config.model.tap_channels, loss, d_input=loss.d_input).to(device)
+
+
+def _build_discriminators(config: Config, device: torch.device) -> tuple[Optional[nn.Module], Optional[nn.Module]]:
+    """D_img and D_feat, each None when its loss term is off."""
+    dc, loss = config.discriminator, config.loss
+    d_image: Optional[nn.Module] = None
+    d_feature: Optional[nn.Module] = None
+    if loss.gan_image > 0:
+        d_image = PatchDiscriminator(ndf=dc.image_ndf)
+        init_weights(d_image)
+        d_image.to(device)
+    if loss.gan_feature > 0:
+        d_feature = FeatureDiscriminator(width=dc.feature_width, variant=dc.feature_variant)
+        init_weights(d_feature)
+        d_feature.to(device)
+    return d_image, d_feature
+
+
+def _build_dataset(config: Config) -> Dataset:
+    d = config.data
+    if not d.root:
+        raise CsaError("no training data: pass --data DIR (or set data.root in the config)")
+    from .data import build_dataset
+
+    return build_dataset(
+        d.dataset, d.root, config.model.image_size, split=d.split, masks=d.masks,
+        seed=config.train.seed, transform=d.transform, crop_scale=tuple(d.crop_scale), flip=d.flip,
+        augment_masks=d.augment_masks, polarity=d.mask_polarity, cache=d.cache,
+    )
+
+
 class Trainer:
     """The four networks, their optimisers, one training step, and the loop around it.
 
@@ -522,43 +217,30 @@ class Trainer:
         t = config.train
         if t.threads > 0:
             torch.set_num_threads(t.threads)
-        self.device = resolve_device(t.device, self.dist)
+        self.device = resolve_device(t.device, setting="train.device=", local_rank=self.dist.gpu_index)
         self.amp_dtype = _amp_dtype(t.amp, self.device)
         if self.amp_dtype == torch.bfloat16 and self.device.type == "cpu" and self.dist.is_main and not cpu_has_fast_bf16():
             _warn_slow_bf16()
 
+        # The order of these draws from the seeded RNG fixes the initial weights: keep it.
         torch.manual_seed(t.seed)  # identical initial weights on every rank
-        self.generator: CSAGenerator = build_generator(dataclasses.replace(config.model)).to(self.device)
-        if t.init_from:
-            try:
-                self.generator.load_state_dict(
-                    widen_input_channels(read_generator_weights(t.init_from), self.generator.state_dict()), strict=True)
-            except RuntimeError as exc:
-                raise CsaError(f"train.init_from: {t.init_from} does not fit the config's model section "
-                               f"({str(exc)[:300]})") from None
-        weights = LossWeights(l1=config.loss.l1, l1_hole=config.loss.l1_hole_weight,
-                              consistency=config.loss.consistency,
-                              gan_image=config.loss.gan_image, gan_feature=config.loss.gan_feature,
-                              perceptual=config.loss.perceptual, style=config.loss.style, grid=config.loss.grid)
-        if weights.needs_vgg and vgg is None:
-            from .nn.vgg import load_vgg16
-
-            vgg = load_vgg16(config.loss.vgg_weights)
-        self.objective = Objective(vgg if weights.needs_vgg else None, config.model.tap_channels, weights,
-                                   d_input=config.loss.d_input).to(self.device)
+        self.generator: CSAGenerator = _build_generator(config, self.device)
+        self.objective = _build_objective(config, self.device, vgg)
         self.consistency = self.objective.consistency  # holds the trainable 1x1 projections
-        dc = config.discriminator
-        self.d_image: Optional[nn.Module] = None
-        self.d_feature: Optional[nn.Module] = None
-        if weights.gan_image > 0:
-            self.d_image = PatchDiscriminator(ndf=dc.image_ndf)
-            init_weights(self.d_image)
-            self.d_image.to(self.device)
-        if weights.gan_feature > 0:
-            self.d_feature = FeatureDiscriminator(width=dc.feature_width, variant=dc.feature_variant)
-            init_weights(self.d_feature)
-            self.d_feature.to(self.device)
+        self.d_image, self.d_feature = _build_discriminators(config, self.device)
+        self._build_optimisers()
+        self._wrap_for_ddp()
 
+        self.step = 0  # optimiser steps done
+        self.epoch = 0  # current epoch (0-based)
+        self.batch_in_epoch = 0  # batches of the current epoch done
+        self.last_checkpoint: Optional[Path] = None
+        self.stop = StopFlag()
+        self._dataset = dataset
+        self._visual: Optional[tuple[Tensor, ...]] = None
+
+    def _build_optimisers(self) -> None:
+        t = self.config.train
         betas = (t.beta1, t.beta2)
         self.g_params = list(self.generator.parameters()) + list(self.consistency.parameters())
         self.d_params = [p for d in (self.d_image, self.d_feature) if d is not None for p in d.parameters()]
@@ -568,30 +250,30 @@ class Trainer:
         self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=fp16)
 
-        # What the step calls: DDP wrappers when distributed (gradients averaged over ranks).
+    def _wrap_for_ddp(self) -> None:
+        """What the step calls: DDP wrappers when distributed (gradients averaged over ranks)."""
         self.g_run: nn.Module = self.generator
         self.d_image_run, self.d_feature_run = self.d_image, self.d_feature
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
+        if not self.dist.enabled:
+            return
+        from torch.nn.parallel import DistributedDataParallel as DDP
 
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            # Without the L1 term a detached rough net gets no gradient at all.
-            unused = config.loss.l1 <= 0
-            self.g_run = DDP(self.generator, device_ids=ids, find_unused_parameters=unused)
-            if any(True for _ in self.consistency.parameters()) and weights.consistency > 0:
-                self.objective.consistency = DDP(self.consistency, device_ids=ids)
-            if self.d_image is not None:
-                self.d_image_run = DDP(self.d_image, device_ids=ids)
-            if self.d_feature is not None:
-                self.d_feature_run = DDP(self.d_feature, device_ids=ids)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # Without the L1 term a detached rough net gets no gradient at all.
+        unused = self.config.loss.l1 <= 0
+        self.g_run = DDP(self.generator, device_ids=ids, find_unused_parameters=unused)
+        if any(True for _ in self.consistency.parameters()) and self.config.loss.consistency > 0:
+            self.objective.consistency = DDP(self.consistency, device_ids=ids)
+        if self.d_image is not None:
+            self.d_image_run = DDP(self.d_image, device_ids=ids)
+        if self.d_feature is not None:
+            self.d_feature_run = DDP(self.d_feature, device_ids=ids)
 
-        self.step = 0  # optimiser steps done
-        self.epoch = 0  # current epoch (0-based)
-        self.batch_in_epoch = 0  # batches of the current epoch done
-        self.last_checkpoint: Optional[Path] = None
-        self.stop = StopFlag()
-        self._dataset = dataset
-        self._visual: Optional[tuple[Tensor, ...]] = None
+    def _other_nets(self) -> list[tuple[str, Optional[nn.Module]]]:
+        return [("d_image", self.d_image), ("d_feature", self.d_feature), ("consistency", self.consistency)]
+
+    def _discriminator_names(self) -> list[str]:
+        return [n for n, m in (("d_image", self.d_image), ("d_feature", self.d_feature)) if m is not None]
 
     # --- one step -----------------------------------------------------------------------
 
@@ -651,18 +333,10 @@ class Trainer:
 
     # --- state ----------------------------------------------------------------------------
 
-    def _nets_state(self) -> dict[str, Tensor]:
-        tensors: dict[str, Tensor] = {}
-        for prefix, module in (("d_image.", self.d_image), ("d_feature.", self.d_feature),
-                               ("consistency.", self.consistency)):
-            if module is not None:
-                tensors.update({prefix + k: v for k, v in module.state_dict().items()})
-        return tensors
-
     def state_dict(self) -> dict[str, Any]:
         """Everything but the weights, for ``state.pt`` (plain containers, tensors and numbers)."""
         return {
-            "format": STATE_FORMAT,
+            "format": run_folder.STATE_FORMAT,
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
@@ -672,127 +346,63 @@ class Trainer:
             "optimizer_d": self.opt_d.state_dict() if self.opt_d is not None else None,
             "scaler_g": self.scaler_g.state_dict(),
             "scaler_d": self.scaler_d.state_dict(),
-            "rng": _rng_state(),
+            "rng": run_folder.rng_state(),
             "config": self.config.to_dict(),
-            "nets": [n for n, m in (("d_image", self.d_image), ("d_feature", self.d_feature)) if m is not None],
+            "nets": self._discriminator_names(),
         }
 
     def save_checkpoint(self) -> Path:
-        """Write RUN_DIR/checkpoints/step_N (temporary folder, then rename); returns its path."""
+        """Write RUN_DIR/checkpoints/step_N (see csa.run_folder); returns its path."""
         assert self.run_dir is not None
-        folder = self.run_dir / CHECKPOINT_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        name = f"step_{self.step:08d}"
-        final = folder / name
-        tmp = folder / f".{name}.tmp-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        try:
-            meta = {"step": str(self.step), "epoch": str(self.epoch)}
-            save_generator(self.generator, tmp / GENERATOR_FILE, extra_metadata=meta)
-            save_tensors(self._nets_state(), tmp / NETS_FILE,
-                         {CONFIG_KEY: self.config.model.to_json(), TRAIN_CONFIG_KEY: self.config.to_yaml(), **meta})
-            torch.save(self.state_dict(), tmp / STATE_FILE)
-            trash = None
-            if final.exists():  # the same step saved again (e.g. stopped right after a resume)
-                trash = folder / f".{name}.old-{os.getpid()}"
-                os.replace(final, trash)
-            os.replace(tmp, final)
-            if trash is not None:
-                shutil.rmtree(trash, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-
-        def write_pointer(path: str) -> None:
-            Path(path).write_text(name + "\n", encoding="utf-8")
-
-        atomic_write(folder / LATEST, write_pointer)
+        final = run_folder.save_checkpoint(self.run_dir, self.config, self.step, self.epoch, self.generator,
+                                           run_folder.nets_state(self._other_nets()), self.state_dict)
         self.last_checkpoint = final
-        keep = self.config.train.keep_checkpoints
-        if keep > 0:
-            for old in [p for p in list_checkpoints(self.run_dir) if p != final][: -(keep - 1) or None]:
-                shutil.rmtree(old, ignore_errors=True)
         return final
 
     def load_checkpoint(self, path: PathLike, state: Optional[dict[str, Any]] = None) -> None:
         """Restore weights, optimisers, scalers, RNG and position from a checkpoint folder."""
-        from safetensors.torch import load_file
-
-        ckpt = resolve_checkpoint(path)
-        state = state if state is not None else read_state(ckpt)
-        try:
-            g_state = load_file(str(ckpt / GENERATOR_FILE))
-            nets = load_file(str(ckpt / NETS_FILE))
-        except Exception as exc:
-            raise CsaError(f"cannot read the weights of checkpoint {ckpt} ({exc})") from None
-        try:
-            self.generator.load_state_dict(g_state, strict=True)
-        except RuntimeError as exc:
-            raise CsaError(f"checkpoint {ckpt} does not fit the config's model section ({str(exc)[:300]}): "
-                           "resume with the run's own config (leave out --config)") from None
-        saved_nets = set(state.get("nets", []))
-        for prefix, module in (("d_image", self.d_image), ("d_feature", self.d_feature),
-                               ("consistency", self.consistency)):
-            if module is None:
-                continue
-            sub = {k[len(prefix) + 1 :]: v for k, v in nets.items() if k.startswith(prefix + ".")}
-            if prefix != "consistency" and prefix not in saved_nets:
-                warnings.warn(f"checkpoint {ckpt} has no {prefix} (its loss was off): starting it fresh", stacklevel=2)
-                continue
-            try:
-                module.load_state_dict(sub, strict=True)
-            except RuntimeError as exc:
-                raise CsaError(f"checkpoint {ckpt}: {prefix} does not fit the config ({str(exc)[:300]})") from None
-        self.opt_g.load_state_dict(state["optimizer_g"])
-        wanted = [n for n, m in (("d_image", self.d_image), ("d_feature", self.d_feature)) if m is not None]
-        if self.opt_d is not None:
-            if state.get("optimizer_d") is not None and list(state.get("nets", [])) == wanted:
-                self.opt_d.load_state_dict(state["optimizer_d"])
-            else:
-                warnings.warn("the discriminators differ from the checkpoint's: their optimiser starts fresh",
-                              stacklevel=2)
-        if state.get("scaler_g"):
-            self.scaler_g.load_state_dict(state["scaler_g"])
-        if state.get("scaler_d"):
-            self.scaler_d.load_state_dict(state["scaler_d"])
-        _set_rng_state(state["rng"])
+        ckpt = run_folder.read_checkpoint(path, state)
+        run_folder.load_weights(ckpt, self.generator, self._other_nets())
+        self._load_optimisers(ckpt.state)
+        state = ckpt.state
+        run_folder.set_rng_state(state["rng"])
         self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
         if state.get("world_size") != self.dist.world_size or state.get("batch_size") != self.config.train.batch_size:
             warnings.warn(
                 f"resuming with {self.dist.world_size} process(es) x batch {self.config.train.batch_size}, the "
                 f"checkpoint was written with {state.get('world_size')} x {state.get('batch_size')}: the data "
                 "order from here on differs from an uninterrupted run", stacklevel=2)
-        self.last_checkpoint = ckpt
+        self.last_checkpoint = ckpt.path
+
+    def _load_optimisers(self, state: dict[str, Any]) -> None:
+        self.opt_g.load_state_dict(state["optimizer_g"])
+        if self.opt_d is not None:
+            if state.get("optimizer_d") is not None and list(state.get("nets", [])) == self._discriminator_names():
+                self.opt_d.load_state_dict(state["optimizer_d"])
+            else:
+                warnings.warn("the discriminators differ from the checkpoint's: their optimiser starts fresh",
+                              stacklevel=3)
+        if state.get("scaler_g"):
+            self.scaler_g.load_state_dict(state["scaler_g"])
+        if state.get("scaler_d"):
+            self.scaler_d.load_state_dict(state["scaler_d"])
 
     def parameter_digest(self) -> str:
         """sha256 of every trainable tensor (generator, projections, discriminators), in order."""
-        h = hashlib.sha256()
-        for module in (self.generator, self.consistency, self.d_image, self.d_feature):
-            if module is None:
-                continue
-            for key, value in module.state_dict().items():
-                h.update(key.encode())
-                h.update(value.detach().float().cpu().numpy().tobytes())
-        return h.hexdigest()
+        return parameter_digest([self.generator, self.consistency, self.d_image, self.d_feature])
 
     # --- the loop ---------------------------------------------------------------------------
 
     @property
     def dataset(self) -> Dataset:
         if self._dataset is None:
-            d = self.config.data
-            if not d.root:
-                raise CsaError("no training data: pass --data DIR (or set data.root in the config)")
-            from .data import build_dataset
-
-            self._dataset = build_dataset(
-                d.dataset, d.root, self.config.model.image_size, split=d.split, masks=d.masks,
-                seed=self.config.train.seed, transform=d.transform, crop_scale=tuple(d.crop_scale), flip=d.flip,
-                augment_masks=d.augment_masks, polarity=d.mask_polarity, cache=d.cache,
-            )
+            self._dataset = _build_dataset(self.config)
         return self._dataset
+
+    @property
+    def _writes(self) -> bool:
+        """This process writes the run folder (rank 0 of a run that has one)."""
+        return self.dist.is_main and self.run_dir is not None
 
     def _done(self) -> bool:
         t = self.config.train
@@ -800,114 +410,130 @@ class Trainer:
             return self.step >= t.max_steps
         return self.epoch >= t.epochs
 
-    def _agree(self, stop: bool, bad: bool) -> tuple[bool, bool]:
-        """Every rank stops (or fails) at the same step: one small all-reduce per step."""
-        if not self.dist.enabled:
-            return stop, bad
-        flags = torch.tensor([float(stop), float(bad)], device=self.device if self.device.type == "cuda" else "cpu")
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        return bool(flags[0].item()), bool(flags[1].item())
-
     def fit(self) -> int:
         """Train until train.max_steps (or train.epochs); returns 0, or 130 when stopped by a signal.
 
         Raises :class:`NonFiniteLoss` (nothing saved after the last good checkpoint).
         """
         t = self.config.train
-        main = self.dist.is_main and self.run_dir is not None
-        dataset = self.dataset
-        sampler = EpochBatches(len(dataset), t.batch_size, self.dist.rank, self.dist.world_size, t.seed)
+        sampler = self._sampler()
+        total = t.max_steps if t.max_steps is not None else t.epochs * sampler.batches_per_epoch
+        log = RunLog(self.run_dir, self._writes, self.step, total, self.progress)
+        self._announce(log, sampler, total)
+        with self.stop:
+            try:
+                code = self._loop(self._batches(sampler), sampler, log)
+            finally:
+                log.close()
+        if self._writes and code == EXIT_OK:
+            log.say(f"done: step {self.step}, checkpoint {self.last_checkpoint}")
+        return code
+
+    def _sampler(self) -> EpochBatches:
+        t = self.config.train
+        n = len(self.dataset)
+        sampler = EpochBatches(n, t.batch_size, self.dist.rank, self.dist.world_size, t.seed)
         if sampler.batches_per_epoch == 0:
-            raise CsaError(f"the dataset has {len(dataset)} images, fewer than train.batch_size ({t.batch_size}) x "
+            raise CsaError(f"the dataset has {n} images, fewer than train.batch_size ({t.batch_size}) x "
                            f"{self.dist.world_size} process(es): lower train.batch_size or add images")
         if self.batch_in_epoch >= sampler.batches_per_epoch:  # the epoch got shorter (new batch size)
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-        workers = self.config.data.num_workers
+        return sampler
+
+    def _batches(self, sampler: EpochBatches) -> Iterator[dict[str, Tensor]]:
+        """Batches from the current position on, epoch after epoch."""
+        dataset, workers = self.dataset, self.config.data.num_workers
         # Persistent workers keep their image cache (data.cache) across epochs; samples depend
         # only on (seed, epoch, index), and set_epoch reaches the workers through shared memory.
         # Its own generator: the loader draws a base seed per epoch, not from the global RNG.
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                             pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
-                            generator=torch.Generator().manual_seed(t.seed))
-        total = t.max_steps if t.max_steps is not None else t.epochs * sampler.batches_per_epoch
-        start_step = self.step
-        log = RunLog(self.run_dir, main, start_step, total, self.progress)
-        if main:
-            assert self.run_dir is not None
-            n_g = sum(p.numel() for p in self.generator.parameters())
-            log.say(f"csa train: {len(dataset)} images, {sampler.batches_per_epoch} steps/epoch x batch "
-                    f"{t.batch_size} x {self.dist.world_size} process(es), {total} steps in all, "
-                    f"device {self.device}{', amp ' + str(self.amp_dtype).replace('torch.', '') if self.amp_dtype else ''}, "
-                    f"generator {n_g:,} parameters" + (f"; resumed at step {self.step} from {self.last_checkpoint}"
-                                                      if self.step else ""))
+                            generator=torch.Generator().manual_seed(self.config.train.seed))
+        while True:
+            sampler.set_position(self.epoch, self.batch_in_epoch)
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(self.epoch)
+            yield from loader
 
-        def batches() -> Iterator[dict[str, Tensor]]:
-            while True:
-                sampler.set_position(self.epoch, self.batch_in_epoch)
-                if hasattr(dataset, "set_epoch"):
-                    dataset.set_epoch(self.epoch)
-                yield from loader
+    def _announce(self, log: RunLog, sampler: EpochBatches, total: int) -> None:
+        if not self._writes:
+            return
+        t = self.config.train
+        n_g = sum(p.numel() for p in self.generator.parameters())
+        amp = f", amp {str(self.amp_dtype).replace('torch.', '')}" if self.amp_dtype else ""
+        resumed = f"; resumed at step {self.step} from {self.last_checkpoint}" if self.step else ""
+        log.say(f"csa train: {len(self.dataset)} images, {sampler.batches_per_epoch} steps/epoch x batch "
+                f"{t.batch_size} x {self.dist.world_size} process(es), {total} steps in all, "
+                f"device {self.device}{amp}, generator {n_g:,} parameters{resumed}")
 
-        code = EXIT_OK
+    def _loop(self, batches: Iterator[dict[str, Tensor]], sampler: EpochBatches, log: RunLog) -> int:
+        """Steps until done or stopped, checkpoints when due and at the end; the exit code."""
         last_ckpt_time = time.monotonic()
         saved_at = self.step if self.last_checkpoint is not None else -1
-        it = batches()
-        with self.stop:
-            try:
-                while not self._done():
-                    try:
-                        batch = next(it)
-                    except Exception:
-                        if self.stop:  # e.g. Ctrl-C reached the loader's workers too
-                            break
-                        raise
-                    if self.stop and not self.dist.enabled:  # asked to stop while loading: skip the step
-                        break
-                    lr = self.set_lr()
-                    want_images = main and t.image_every > 0 and (self.step + 1) % t.image_every == 0
-                    tick = time.perf_counter()
-                    terms = self.train_step(batch, keep_images=want_images)
-                    seconds = time.perf_counter() - tick
-                    bad = next(((k, v) for k, v in terms.items() if not math.isfinite(v)), None)
-                    stop, bad_any = self._agree(bool(self.stop), bad is not None)
-                    if bad_any:
-                        name, value = bad if bad is not None else ("(another process)", float("nan"))
-                        raise NonFiniteLoss(self.step + 1, name, value, self.last_checkpoint)
-                    self.step += 1
-                    self.batch_in_epoch += 1
-                    if self.batch_in_epoch >= sampler.batches_per_epoch:
-                        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                    log.step(terms)
-                    if main and (self.step % t.log_every == 0 or self.step == start_step + 1):
-                        images = t.batch_size * self.dist.world_size
-                        log.scalars(self.step, {"epoch": self.epoch, "lr": lr, "sec_per_step": seconds,
-                                                "images_per_sec": images / max(seconds, 1e-9), **terms})
-                    if want_images and self._visual is not None:
-                        log.images(self.step, image_grid(list(zip(*self._visual))))
-                        self._visual = None
-                    if stop:
-                        self.stop.signal = self.stop.signal or "stop requested by another process"
-                        break
-                    due = t.checkpoint_every > 0 and self.step % t.checkpoint_every == 0
-                    due = due or (t.checkpoint_minutes > 0 and time.monotonic() - last_ckpt_time >= t.checkpoint_minutes * 60)
-                    if main and due and not self._done():
-                        self.save_checkpoint()
-                        saved_at, last_ckpt_time = self.step, time.monotonic()
-                if main and saved_at != self.step:
-                    path = self.save_checkpoint()
-                    log.say(f"saved {path}")
-                if self.stop:
-                    log.say(f"stopped by {self.stop.signal} at step {self.step}; resume with "
-                            f"`csa train --out {self.run_dir} --resume`")
-                    code = EXIT_INTERRUPTED
-            finally:
-                log.close()
-        if main and code == EXIT_OK:
-            log.say(f"done: step {self.step}, checkpoint {self.last_checkpoint}")
-        return code
+        while not self._done():
+            batch = self._next_batch(batches)
+            if batch is None:
+                break
+            if self._step_and_log(batch, sampler, log):  # another process was stopped
+                self.stop.signal = self.stop.signal or "stop requested by another process"
+                break
+            if self._writes and self._checkpoint_due(last_ckpt_time) and not self._done():
+                self.save_checkpoint()
+                saved_at, last_ckpt_time = self.step, time.monotonic()
+        if self._writes and saved_at != self.step:
+            log.say(f"saved {self.save_checkpoint()}")
+        if not self.stop:
+            return EXIT_OK
+        log.say(f"stopped by {self.stop.signal} at step {self.step}; resume with "
+                f"`csa train --out {self.run_dir} --resume`")
+        return EXIT_INTERRUPTED
+
+    def _next_batch(self, batches: Iterator[dict[str, Tensor]]) -> Optional[dict[str, Tensor]]:
+        """The next batch, or None when a stop was asked for while it loaded."""
+        try:
+            batch = next(batches)
+        except Exception:
+            if self.stop:  # e.g. Ctrl-C reached the loader's workers too
+                return None
+            raise
+        if self.stop and not self.dist.enabled:  # asked to stop while loading: skip the step
+            return None
+        return batch
+
+    def _step_and_log(self, batch: dict[str, Tensor], sampler: EpochBatches, log: RunLog) -> bool:
+        """One step, the position moved on and the logs written; True when any process was asked to stop."""
+        t = self.config.train
+        lr = self.set_lr()
+        want_images = self._writes and t.image_every > 0 and (self.step + 1) % t.image_every == 0
+        tick = time.perf_counter()
+        terms = self.train_step(batch, keep_images=want_images)
+        seconds = time.perf_counter() - tick
+        bad = next(((k, v) for k, v in terms.items() if not math.isfinite(v)), None)
+        stop, bad_any = agree(self.dist, self.device, bool(self.stop), bad is not None)
+        if bad_any:
+            name, value = bad if bad is not None else ("(another process)", float("nan"))
+            raise NonFiniteLoss(self.step + 1, name, value, self.last_checkpoint)
+        self.step += 1
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch >= sampler.batches_per_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        log.step(terms)
+        if self._writes and (self.step % t.log_every == 0 or self.step == log.start_step + 1):
+            images = t.batch_size * self.dist.world_size
+            log.scalars(self.step, {"epoch": self.epoch, "lr": lr, "sec_per_step": seconds,
+                                    "images_per_sec": images / max(seconds, 1e-9), **terms})
+        if want_images and self._visual is not None:
+            log.images(self.step, image_grid(list(zip(*self._visual))))
+            self._visual = None
+        return stop
+
+    def _checkpoint_due(self, last_ckpt_time: float) -> bool:
+        t = self.config.train
+        due = t.checkpoint_every > 0 and self.step % t.checkpoint_every == 0
+        return due or (t.checkpoint_minutes > 0 and time.monotonic() - last_ckpt_time >= t.checkpoint_minutes * 60)
 
 
-# --- entry points -------------------------------------------------------------------------
+# --- entry point --------------------------------------------------------------------------
 
 
 def _parse_resume(resume: Optional[str], out: Optional[Path]) -> Optional[Path]:
@@ -947,7 +573,7 @@ def run_training(config_path: Optional[PathLike], data: Optional[PathLike], out:
     if out_path is None:
         if ckpt is None:
             raise CsaError("give --out RUN_DIR: the folder for checkpoints and logs")
-        out_path = ckpt.parent.parent  # continue in the run folder the checkpoint belongs to
+        out_path = run_folder.run_folder_of(ckpt)  # continue in the run folder the checkpoint belongs to
     cfg = prepare_config(config_path, data, overrides, state)
     if ckpt is None and list_checkpoints(out_path):
         raise CsaError(f"{out_path} already holds a training run: add --resume to continue it, or choose a new --out")
@@ -957,10 +583,7 @@ def run_training(config_path: Optional[PathLike], data: Optional[PathLike], out:
     info = init_distributed(cfg.train.device)
     try:
         if info.is_main:
-            (out_path / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
-            for stale in (out_path / CHECKPOINT_DIR).glob(".step_*.*-*"):  # left by a killed save
-                shutil.rmtree(stale, ignore_errors=True)
-            atomic_write(out_path / "config.yaml", lambda tmp: Path(tmp).write_text(cfg.to_yaml(), encoding="utf-8"))
+            run_folder.prepare_run_folder(out_path, cfg)
         trainer = Trainer(cfg, out_path, dist_info=info, progress=progress)
         if ckpt is not None:
             trainer.load_checkpoint(ckpt, state)
@@ -978,37 +601,7 @@ def _check_replicas(trainer: Trainer, out: Path) -> None:
     digests: list[Optional[str]] = [None] * trainer.dist.world_size
     dist.all_gather_object(digests, trainer.parameter_digest())
     if trainer.dist.is_main:
-        record = {"step": trainer.step, "world_size": trainer.dist.world_size, "parameter_sha256": digests}
-        atomic_write(out / "replicas.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1), encoding="utf-8"))
+        run_folder.write_replicas(out, {"step": trainer.step, "world_size": trainer.dist.world_size,
+                                        "parameter_sha256": digests})
     if len(set(digests)) != 1:
         raise RuntimeError(f"the {len(digests)} DDP replicas ended with different weights: {digests}")
-
-
-def export_generator(source: PathLike, output: PathLike, half: bool = False) -> tuple[Path, int, int]:
-    """``csa export``: the generator of a run (its latest checkpoint) or of one checkpoint, alone.
-
-    Returns (checkpoint used, parameter count, file size in bytes). ONNX and TorchScript
-    exports (and .safetensors sources): :func:`csa.export.export_source`, which this calls.
-    """
-    from .export import export_source
-
-    report = export_source(resolve_checkpoint(source), output, "safetensors", half=half)
-    return report.source, report.parameters, report.size
-
-
-def parse_resume_args(extra: Sequence[str]) -> Optional[str]:
-    """``--resume [PATH]`` from the train command's extra arguments (typer cannot say 'optional value').
-
-    Returns None (no --resume), "" (--resume alone) or the path.
-    """
-    args = list(extra)
-    resume: Optional[str] = None
-    while args:
-        a = args.pop(0)
-        if a == "--resume":
-            resume = args.pop(0) if args and not args[0].startswith("-") else ""
-        elif a.startswith("--resume="):
-            resume = a.split("=", 1)[1]
-        else:
-            raise CsaError(f"unexpected argument {a!r}: see `csa train --help`")
-    return resume
