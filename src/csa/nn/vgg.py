@@ -3,16 +3,14 @@
 The layers copy torchvision's ``vgg16().features`` layout and key names
 (``features.0.weight`` ... ``features.21.bias``), so torchvision's published
 ``vgg16-397923af.pth`` loads as is; the keys past ``features.22`` and the classifier are
-ignored. ``csa weights fetch vgg16`` (:mod:`csa.weights`) makes an equivalent file from the
+ignored. ``csa weights fetch vgg16`` (:mod:`csa.weights_fetch`) makes an equivalent file from the
 Keras (Oxford) ImageNet weights. Both expect torchvision's input convention (RGB in [0, 1]
 normalised with the ImageNet mean/std); :class:`VGG16Features` takes the project's [-1, 1]
 images and converts them itself.
 
-Where ``load_vgg16(None)`` looks (first hit wins):
-
-1. the environment variable ``CSA_VGG16`` (a local file or an http(s) URL);
-2. ``$XDG_CACHE_HOME/csa/vgg16_features.safetensors`` (``~/.cache/csa/...`` by default),
-   the file ``csa weights fetch vgg16`` writes.
+This module reads the weights it is given. Which file is the default (``$CSA_VGG16``,
+then the cache file of ``csa weights fetch vgg16``) is :func:`csa.weights.vgg16_source`,
+and :func:`csa.weights.load_vgg16_default` loads it: the network sits below csa's cache.
 """
 from __future__ import annotations
 
@@ -28,7 +26,6 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CsaError
-from ..weights import VGG16_FILE, default_cache_dir, fetch_command
 
 # torchvision's ImageNet input normalisation (RGB, [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -45,13 +42,13 @@ RELU4_3_INDEX = 22  # features[22]: ReLU after conv4_3, 512 x H/8 x W/8
 CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21)
 CONV_CHANNELS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512)
 
-ENV_VAR = "CSA_VGG16"
-DEFAULT_FILE_NAME = VGG16_FILE
 TORCHVISION_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+# csa.weights.fetch_command("vgg16"), spelled out: csa.nn stays below csa.weights (a test checks they agree).
+FETCH_COMMAND = "csa weights fetch vgg16"
 _HOW_TO_GET = (
-    f"Run `{fetch_command('vgg16')}` (needs the [train] extra) to download, check and cache the "
+    f"Run `{FETCH_COMMAND}` (needs the [train] extra) to download, check and cache the "
     "ImageNet VGG16 weights, or pass a local .pth / .safetensors file (e.g. torchvision's "
     "vgg16-397923af.pth)"
 )
@@ -154,7 +151,7 @@ def load_feature_weights(model: VGG16Features, state_dict: Mapping[str, Tensor])
         raise CsaError(
             f"the VGG16 weights lack {len(missing)} needed key(s) ({shown}); expected torchvision's "
             "vgg16 key names features.0.weight ... features.21.bias. Use torchvision's "
-            f"vgg16-397923af.pth or the file of `{fetch_command('vgg16')}`"
+            f"vgg16-397923af.pth or the file of `{FETCH_COMMAND}`"
         )
     picked: dict[str, Tensor] = {}
     for key, shape in needed.items():
@@ -169,11 +166,6 @@ def load_feature_weights(model: VGG16Features, state_dict: Mapping[str, Tensor])
     model.load_state_dict(picked, strict=True)
 
 
-def default_weights_path() -> Path:
-    """Where the converted weights live when neither an argument nor ``CSA_VGG16`` says."""
-    return default_cache_dir() / DEFAULT_FILE_NAME
-
-
 def _is_url(s: str) -> bool:
     return bool(re.match(r"^https?://", s, flags=re.IGNORECASE))
 
@@ -183,7 +175,8 @@ def read_state_dict(weights: Union[str, Path], *, model_dir: Union[str, Path, No
 
     URLs go through ``torch.hub.load_state_dict_from_url`` with ``check_hash=True``: the file
     name must carry a hex prefix of the file's sha256 (``name-<hex>.pth``), as torchvision's do.
-    Downloads are cached in ``model_dir`` (default ``<cache dir>/hub``).
+    Downloads are kept in ``model_dir``, which a URL needs (:func:`csa.weights.load_vgg16_default`
+    passes ``<cache dir>/hub``).
     """
     text = str(weights)
     if _is_url(text):
@@ -220,7 +213,12 @@ def _read_url(url: str, model_dir: Union[str, Path, None]) -> dict[str, Tensor]:
             "(name-<hex>.pth), so the download cannot be checked; download it yourself and "
             "pass the local file"
         )
-    folder = Path(model_dir) if model_dir is not None else default_cache_dir() / "hub"
+    if model_dir is None:
+        raise CsaError(
+            f"reading the VGG16 weights at {url} needs model_dir, the folder to keep the download in "
+            "(csa.weights.load_vgg16_default() uses the csa cache folder)"
+        )
+    folder = Path(model_dir)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         obj = torch.hub.load_state_dict_from_url(
@@ -248,22 +246,6 @@ def _as_state_dict(obj: object, where: str) -> dict[str, Tensor]:
     return dict(obj)
 
 
-def resolve_weights(weights: Union[str, Path, None]) -> Union[str, Path]:
-    """The weights source to use: ``weights`` itself, else ``$CSA_VGG16``, else the cache file."""
-    if weights is not None:
-        return weights
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return env
-    path = default_weights_path()
-    if not path.is_file():
-        raise CsaError(
-            f"no VGG16 weights given and none in the cache ({path}): run `{fetch_command('vgg16')}` "
-            f"(needs the [train] extra), or set {ENV_VAR} to a local .pth / .safetensors file"
-        )
-    return path
-
-
 def load_vgg16(
     weights: Union[str, Path, None] = None,
     *,
@@ -272,11 +254,16 @@ def load_vgg16(
 ) -> VGG16Features:
     """A frozen :class:`VGG16Features` with pretrained weights.
 
-    ``weights``: a local ``.pth`` / ``.safetensors`` file, an http(s) URL (hash-checked, see
-    :func:`read_state_dict`), or ``None`` for the default place (module docstring).
+    ``weights``: a local ``.pth`` / ``.safetensors`` file or an http(s) URL (hash-checked, see
+    :func:`read_state_dict`). ``None`` raises :class:`CsaError`: the default file is
+    :func:`csa.weights.load_vgg16_default`'s to find.
     """
-    source = resolve_weights(weights)
-    model = VGG16Features().load_weights(read_state_dict(source, model_dir=model_dir))
+    if weights is None:
+        raise CsaError(
+            "csa.nn.vgg.load_vgg16 reads the VGG16 weights it is given: for the default "
+            "($CSA_VGG16, else the cache file) call csa.weights.load_vgg16_default()"
+        )
+    model = VGG16Features().load_weights(read_state_dict(weights, model_dir=model_dir))
     return model.to(device) if device is not None else model
 
 
@@ -287,8 +274,6 @@ __all__ = [
     "read_state_dict",
     "load_feature_weights",
     "required_state_dict_shapes",
-    "default_weights_path",
-    "default_cache_dir",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "TORCHVISION_URL",
