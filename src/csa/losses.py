@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import LossConfig
+from .errors import CsaError
 from .nn.generator import GeneratorOutput, init_weights
 
 VGG_TAP_CHANNELS = 512  # VGG16 relu4_3
@@ -182,10 +183,10 @@ class Objective(nn.Module):
         super().__init__()
         self.weights = weights or LossWeights()
         if self.weights.needs_vgg and vgg is None:
-            raise ValueError("the consistency and feature-GAN terms need VGG16 weights: pass vgg=csa.nn.vgg.load_vgg16() "
-                             "(its file comes from `csa weights fetch vgg16`)")
+            raise CsaError("the consistency, feature-GAN and texture terms need VGG16 weights: pass "
+                           "vgg=csa.weights.load_vgg16_default() (its file comes from `csa weights fetch vgg16`)")
         if d_input not in ("raw", "composite"):
-            raise ValueError(f"d_input must be 'raw' or 'composite', got {d_input!r}")
+            raise CsaError(f"d_input must be 'raw' or 'composite', got {d_input!r}")
         self.vgg = vgg
         self.d_input = d_input
         self.consistency = ConsistencyLoss(tap_channels)
