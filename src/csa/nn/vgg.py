@@ -169,9 +169,13 @@ def load_feature_weights(model: VGG16Features, state_dict: Mapping[str, Tensor])
     model.load_state_dict(picked, strict=True)
 
 
-def default_weights_path() -> Path:
-    """Where the converted weights live when neither an argument nor ``CSA_VGG16`` says."""
+def vgg_weights_path() -> Path:
+    """Where the converted VGG16 weights live when neither an argument nor ``CSA_VGG16`` says."""
     return default_cache_dir() / DEFAULT_FILE_NAME
+
+
+#: The old name (csa.inference's default_weights_path is the bundled inpainting model: not this).
+default_weights_path = vgg_weights_path
 
 
 def _is_url(s: str) -> bool:
@@ -255,7 +259,7 @@ def resolve_weights(weights: Union[str, Path, None]) -> Union[str, Path]:
     env = os.environ.get(ENV_VAR)
     if env:
         return env
-    path = default_weights_path()
+    path = vgg_weights_path()
     if not path.is_file():
         raise CsaError(
             f"no VGG16 weights given and none in the cache ({path}): run `{fetch_command('vgg16')}` "
@@ -287,6 +291,7 @@ __all__ = [
     "read_state_dict",
     "load_feature_weights",
     "required_state_dict_shapes",
+    "vgg_weights_path",
     "default_weights_path",
     "default_cache_dir",
     "IMAGENET_MEAN",
