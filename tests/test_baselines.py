@@ -6,6 +6,7 @@ import pytest
 from skimage import data as skdata
 
 from csa import baselines
+from csa.methods import find, lookup
 from csa.errors import CsaError
 
 
@@ -20,7 +21,7 @@ def pair() -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("name", list(baselines.BASELINES))
 def test_baseline_fills_the_hole_and_keeps_known_pixels(name, pair):
     image, mask = pair
-    fn = baselines.get_method(name)
+    fn = baselines.BASELINES[name]
     out = fn(image, mask)
     assert out.shape == image.shape and out.dtype == np.uint8
     assert np.array_equal(out[~mask], image[~mask])  # known pixels bit-exact
@@ -43,7 +44,7 @@ def test_smooth_image_is_filled_smoothly():
     mask = np.zeros((48, 48), bool)
     mask[16:32, 16:32] = True
     for name in ("telea", "ns", "biharmonic", "smooth"):
-        out = baselines.get_method(name)(image, mask)
+        out = baselines.BASELINES[name](image, mask)
         assert np.abs(out[mask].astype(int) - image[mask]).mean() < 12, name
     # biharmonic reproduces a linear function almost exactly
     out = baselines.biharmonic(image, mask)
@@ -76,9 +77,9 @@ def test_empty_mask_returns_the_image(pair):
 
 def test_bad_inputs_and_names():
     image = np.zeros((16, 16, 3), np.uint8)
-    with pytest.raises(CsaError, match="unknown baseline 'nope'.*telea"):
-        baselines.get_method("nope")
-    assert baselines.get_method(" Telea ") is baselines.telea
+    with pytest.raises(CsaError, match="unknown method 'nope'.*telea"):
+        find("nope")
+    assert lookup(" Telea ").fill is baselines.telea
     with pytest.raises(CsaError, match="bool mask"):
         baselines.telea(image, np.zeros((16, 16), np.uint8))
     with pytest.raises(CsaError, match="does not match"):

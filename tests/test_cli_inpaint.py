@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from csa import inference
+from csa import methods
 from csa.cli import main
 
 RNG = np.random.default_rng(1)
@@ -175,7 +175,7 @@ def test_empty_mask_warns_and_writes_the_image_unchanged(capsys, tmp_path, weigh
 
 
 def test_no_bundled_model_says_so(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(inference, "DEFAULT_WEIGHTS", tmp_path / "absent.safetensors")
+    monkeypatch.setattr(methods, "DEFAULT_WEIGHTS", tmp_path / "absent.safetensors")
     img, mask, _, _ = write_pair(tmp_path)
     code, _, err = run(capsys, "inpaint", img, "-m", mask, "-o", tmp_path / "o.png")
     assert code == 2 and "no default model is bundled" in err and "--weights" in err
@@ -183,7 +183,7 @@ def test_no_bundled_model_says_so(capsys, tmp_path, monkeypatch):
 
 
 def test_method_baseline_needs_no_weights(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(inference, "DEFAULT_WEIGHTS", tmp_path / "absent.safetensors")
+    monkeypatch.setattr(methods, "DEFAULT_WEIGHTS", tmp_path / "absent.safetensors")
     img, mask, image, hole = write_pair(tmp_path)
     code, out, err = run(capsys, "inpaint", img, "-m", mask, "-o", tmp_path / "o.png", "--method", "telea")
     assert code == 0 and "telea" in out, err

@@ -179,24 +179,28 @@ def test_resolve_method_names_and_errors(tmp_path):
 
 
 def test_csa_and_weights_files_go_through_inpainter(tmp_path, monkeypatch):
-    """The wiring to csa.inference.Inpainter, with a stand-in (the real one is tested there)."""
+    """The wiring to csa.methods' model loader and csa.inference.Inpainter, with a stand-in
+    model (the real one is tested there)."""
+    import torch
+
+    from csa import methods
+
     calls = []
 
-    class FakeInpainter:
-        def __init__(self, path):
-            self.path = path
+    class FakeModel(methods.Method):
+        rules = methods.SizeRules(256, any_size=True)
 
-        @classmethod
-        def from_pretrained(cls, path=None, device="cpu"):
-            calls.append((path, device))
-            return cls(path)
+        def __init__(self, path, name):
+            self.path, self.name = path, name
 
-        def __call__(self, image, mask):
-            out = np.array(image)
-            out[mask] = 7
-            return Image.fromarray(out)
+        def forward(self, x, hole, where):
+            return torch.where(hole > 0.5, torch.full_like(x, 7 / 255), x)
 
-    monkeypatch.setitem(sys.modules, "csa.inference", types.SimpleNamespace(Inpainter=FakeInpainter))
+    def fake_load(path=None, device="cpu", name=None):
+        calls.append((path, device))
+        return FakeModel(path, name or path.stem)
+
+    monkeypatch.setattr(methods.ModelMethod, "load", staticmethod(fake_load))
     weights = tmp_path / "mine.safetensors"
     weights.write_bytes(b"x")
     label, fn = ev.resolve_method("csa", device="cpu")

@@ -11,9 +11,10 @@ import torch
 from PIL import Image, ImageOps
 
 from csa import CsaError, Inpainter, ModelConfig, build_generator, save_generator
-from csa import inference
+from csa import inference, methods
 from csa.imageio import apply_orientation, read_image_array
-from csa.inference import InpaintWarning, crop_boxes
+from csa.inference import InpaintWarning
+from csa.pipeline import crop_boxes
 
 RNG = np.random.default_rng(0)
 
@@ -102,8 +103,8 @@ def test_crop_boxes_one_per_region_and_merged_when_close():
 
 def test_crop_runs_the_model_once_per_region(inpainter, monkeypatch):
     calls = []
-    run = inpainter._run_model
-    monkeypatch.setattr(inpainter, "_run_model", lambda *a: calls.append(a[0].shape) or run(*a))
+    run = inpainter.method.forward
+    monkeypatch.setattr(inpainter.method, "forward", lambda *a: calls.append(a[0].shape) or run(*a))
     image = photo(700, 900)
     hole = np.zeros((700, 900), dtype=bool)
     hole[20:60, 30:80] = True
@@ -318,10 +319,10 @@ def test_model_info(inpainter, weights):
 
 
 def test_default_weights(monkeypatch, tmp_path):
-    monkeypatch.setattr(inference, "DEFAULT_WEIGHTS", tmp_path / "absent.safetensors")
+    monkeypatch.setattr(methods, "DEFAULT_WEIGHTS", tmp_path / "absent.safetensors")
     with pytest.raises(CsaError, match="no default model is bundled.*--weights"):
         Inpainter.from_pretrained()
-    monkeypatch.setattr(inference, "DEFAULT_WEIGHTS", tmp_path / "default.safetensors")
+    monkeypatch.setattr(methods, "DEFAULT_WEIGHTS", tmp_path / "default.safetensors")
     save_generator(build_generator(ModelConfig(rough_ngf=4, refine_ngf=4)), tmp_path / "default.safetensors")
     assert inference.default_weights_path() == tmp_path / "default.safetensors"
     assert Inpainter.from_pretrained().name == "default"
@@ -356,8 +357,20 @@ def test_import_csa_stays_light():
 def test_architecture_names_are_the_generator_functions():
     import csa
 
-    assert csa.load_model is csa.load_generator and csa.build_model is csa.build_generator
+    with pytest.warns(DeprecationWarning):
+        assert csa.load_model is csa.load_generator and csa.build_model is csa.build_generator
     assert {"load_model", "build_model"} <= set(csa.__all__)
+
+
+@pytest.mark.parametrize("old, kept", [("load_model", "load_generator"), ("build_model", "build_generator")])
+def test_deprecated_alias_warns_naming_the_kept_name_and_returns_the_same_function(old, kept):
+    import csa
+
+    with pytest.warns(DeprecationWarning, match=f"csa.{kept}"):
+        alias = getattr(csa, old)
+    assert alias is getattr(csa, kept)
+    with pytest.warns(DeprecationWarning):  # every use warns, not only the first
+        getattr(csa, old)
 
 
 def test_crop_boxes_without_scipy_is_one_crop_around_all(monkeypatch):

@@ -171,9 +171,9 @@ def test_docs_page_is_served_locally(client):
 def test_methods_lists_the_model_and_the_installed_classical_methods(client):
     from csa.baselines import BASELINES
     from csa.extras import missing
-    from csa.server.methods import CLASSICAL
+    from csa.methods import CLASSICAL
 
-    assert list(CLASSICAL) == list(BASELINES), "every baseline needs a line in csa.server.methods.CLASSICAL"
+    assert list(CLASSICAL) == list(BASELINES), "every baseline needs an entry in csa.methods.REGISTRY"
     resp = client.get("/api/v1/methods")
     assert resp.status_code == 200
     body = resp.json()
@@ -192,7 +192,7 @@ def test_methods_lists_the_model_and_the_installed_classical_methods(client):
 
 
 def test_a_method_whose_package_is_missing_is_not_offered(inpainter, monkeypatch):
-    import csa.server.methods as methods
+    import csa.methods as methods
 
     real = methods.missing
     monkeypatch.setattr(methods, "missing", lambda extra, modules=None: ["patchmatch"] if "patchmatch" in (modules or ())

@@ -5,11 +5,14 @@
     result = inpainter("photo.jpg", "mask.png")                 # a PIL image
     result.save("completed.png")
 
-The names that need torch (``Inpainter``, ``load_generator`` / ``load_model``,
-``build_generator`` / ``build_model``) are imported on first use, so ``import csa`` and ``csa --help`` stay fast.
+The names that need torch (``Inpainter``, ``load_generator``, ``save_generator``,
+``build_generator``) are imported on first use, so ``import csa`` and ``csa --help`` stay fast.
+``load_model`` / ``build_model`` are deprecated second names of ``load_generator`` /
+``build_generator`` (they warn; kept for one release).
 """
 from __future__ import annotations
 
+import warnings
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
@@ -22,16 +25,16 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-# name -> (module, attribute). load_model / build_model are the names README.md, 'Python API' gives
-# the public face; they are the generator functions under a second name.
+# name -> (module, attribute), imported on first use.
 _LAZY = {
     "Inpainter": ("csa.inference", "Inpainter"),
     "load_generator": ("csa.checkpoints", "load_generator"),
     "save_generator": ("csa.checkpoints", "save_generator"),
     "build_generator": ("csa.nn.generator", "build_generator"),
-    "load_model": ("csa.checkpoints", "load_generator"),
-    "build_model": ("csa.nn.generator", "build_generator"),
 }
+# Deprecated second names -> the kept name (README.md, 'Python API'): they warn on every use,
+# stay for this release only (and in __all__ until then).
+_DEPRECATED = {"load_model": "load_generator", "build_model": "build_generator"}
 
 __all__ = ["CsaError", "Inpainter", "ModelConfig", "__version__", "build_generator", "build_model",
            "load_generator", "load_model", "save_generator"]
@@ -45,6 +48,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
 
 
 def __getattr__(name: str) -> Any:
+    if name in _DEPRECATED:
+        kept = _DEPRECATED[name]
+        warnings.warn(f"csa.{name} is deprecated: use csa.{kept} (the same function)", DeprecationWarning, stacklevel=2)
+        return __getattr__(kept)  # not cached under the old name, so every use warns
     if name in _LAZY:
         module, attribute = _LAZY[name]
         value = getattr(import_module(module), attribute)
@@ -54,4 +61,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_DEPRECATED))

@@ -20,6 +20,7 @@ known pixel equal to the input's (composited here, so no method can touch them).
 
 OpenCV's two methods treat the colour channels alike, so RGB is passed as it is.
 The heavy libraries are imported on first use, so importing this module is cheap.
+:data:`csa.methods.REGISTRY` offers every one of them by name, next to the model.
 """
 from __future__ import annotations
 
@@ -41,8 +42,11 @@ PATCHMATCH_PATCH_RADIUS = 3
 PATCHMATCH_SEED = 0
 
 
-def check_inputs(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Validate an (image, mask) pair: HxWx3 uint8 and HxW bool of the same size."""
+def check_rgb8(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate an (image, mask) pair of arrays: HxWx3 uint8 and HxW bool of the same size.
+
+    (csa.nn.generator.check_inputs is the model's check, of tensors.)
+    """
     image = np.asarray(image)
     mask = np.asarray(mask)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -68,7 +72,7 @@ def _opencv(flag_name: str) -> InpaintFn:
     def run(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         import cv2
 
-        image, mask = check_inputs(image, mask)
+        image, mask = check_rgb8(image, mask)
         if not mask.any():
             return image.copy()
         out = cv2.inpaint(image, mask.astype(np.uint8) * 255, OPENCV_RADIUS, getattr(cv2, flag_name))
@@ -88,7 +92,7 @@ def biharmonic(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     require("eval", "the biharmonic method", ("skimage",))
     from skimage.restoration import inpaint_biharmonic
 
-    image, mask = check_inputs(image, mask)
+    image, mask = check_rgb8(image, mask)
     if not mask.any():
         return image.copy()
     if mask.all():
@@ -108,7 +112,7 @@ def patchmatch(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
             "pypatchmatch is installed but its native library did not load: reinstall it "
             "(pip install --force-reinstall --no-deps pypatchmatch) on a platform with a wheel"
         )
-    image, mask = check_inputs(image, mask)
+    image, mask = check_rgb8(image, mask)
     if not mask.any():
         return image.copy()
     if mask.all():
@@ -126,7 +130,7 @@ def smooth(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
     from .nn.generator import smooth_fill
 
-    image, mask = check_inputs(image, mask)
+    image, mask = check_rgb8(image, mask)
     if not mask.any():
         return image.copy()
     if mask.all():
@@ -147,10 +151,3 @@ BASELINES: dict[str, InpaintFn] = {
     "smooth": smooth,
 }
 
-
-def get_method(name: str) -> InpaintFn:
-    """The baseline called ``name`` (case-insensitive); a clear error lists the others."""
-    key = name.strip().lower()
-    if key not in BASELINES:
-        raise CsaError(f"unknown baseline {name!r}: choose one of {', '.join(BASELINES)}")
-    return BASELINES[key]

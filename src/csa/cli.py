@@ -323,25 +323,25 @@ def inpaint(
     """Fill the hole of a photo (or of every photo in a folder); known pixels are kept exactly."""
     import warnings
 
-    from . import inference
+    from . import folder
+    from .inference import InpaintWarning
+    from .inputs import InpaintOptions
 
-    options = dict(weights=weights, device=device, method=method, strategy=strategy, invert=invert,
-                   mask_from_alpha=mask_from_alpha, resize_mask=resize_mask)
+    options = InpaintOptions(invert=invert, mask_from_alpha=mask_from_alpha, resize_mask=resize_mask, strategy=strategy)
+    where = dict(weights=weights, device=device, method=method, explain=explain)
     if max_pixels is not None:
-        options["max_pixels"] = max_pixels
-    if explain is not None:
-        options["explain"] = explain
+        where["max_pixels"] = max_pixels
     if image.is_dir():
         if mask is None:
             fail("folder mode needs --mask: a folder of masks named like the images, or one mask file for all")
-        report = inference.inpaint_folder(image, mask, output, progress=sys.stderr.isatty(), **options)
+        report = folder.inpaint_folder(image, mask, output, options, progress=sys.stderr.isatty(), **where)
         typer.echo(report.summary())
         if report.failed:
             raise typer.Exit(EXIT_USER)
         return
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", inference.InpaintWarning)
-        result = inference.inpaint_path(image, mask, output, **options)
+        warnings.simplefilter("always", InpaintWarning)
+        result = folder.inpaint_path(image, mask, output, options, **where)
     for w in caught:
         typer.echo(f"warning: {w.message}", err=True)
     width, height = result.size

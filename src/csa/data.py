@@ -32,11 +32,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .errors import CsaError
-from .imageio import DEFAULT_MAX_PIXELS, read_image
+from .imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_image
 from .masks import MaskFolder, MaskSampler, generate_mask, is_kind, resize_mask
 
 PathLike = Union[str, os.PathLike]
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 TRANSFORM_MODES = ("resize", "centre", "crop")
 DATASETS = ("folder", "celeba", "places2", "paris")
 
@@ -48,18 +47,24 @@ class DataWarning(UserWarning):
 # --- listing files ----------------------------------------------------------------------------
 
 
-def list_images(root: PathLike, what: str = "image folder") -> list[Path]:
-    """Images under ``root`` (recursive; .jpg .jpeg .png .webp .bmp, any case), sorted by relative path."""
+def list_images(root: PathLike, what: str = "image folder", *, recursive: bool = True,
+                allow_empty: bool = False) -> list[Path]:
+    """The images under ``root`` (suffix in ``IMAGE_SUFFIXES``, any case; hidden files skipped),
+    sorted by relative path; ``recursive`` False: the folder's own files only.
+
+    A missing folder is an error; so is one without images unless ``allow_empty``.
+    """
     root = Path(root)
     if not root.exists():
         raise CsaError(f"{what} not found: {root}: check the path")
     if not root.is_dir():
         raise CsaError(f"{what} {root} is not a folder")
     files = sorted(
-        (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+        (p for p in (root.rglob("*") if recursive else root.iterdir())
+         if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()),
         key=lambda p: p.relative_to(root).as_posix(),
     )
-    if not files:
+    if not files and not allow_empty:
         raise CsaError(f"{what} {root} has no images ({', '.join(IMAGE_SUFFIXES)}): give a folder of photos")
     return files
 

@@ -18,7 +18,8 @@ LPIPS is a per-pair metric (every bucket); FID and KID are set statistics (``all
 Both use the cached files of :mod:`csa.weights` by default; without them they are
 skipped, with the ``csa weights fetch`` command in the reason, and the run goes on. A
 method is any callable ``(uint8 HxWx3, bool HxW) -> uint8 HxWx3`` (see
-:mod:`csa.baselines`); :func:`resolve_method` turns the names the CLI accepts into one.
+:mod:`csa.baselines`); :func:`resolve_method` turns the names the CLI accepts (those of
+:data:`csa.methods.REGISTRY`, or a model file) into one.
 Importing this module is cheap: numpy only; everything heavy is imported when used.
 """
 from __future__ import annotations
@@ -45,8 +46,9 @@ from .metrics import HIGHER_IS_BETTER, METRICS
 
 Pair = tuple[str, np.ndarray, np.ndarray]  # (name, uint8 HxWx3 image, bool HxW mask)
 
-#: Suffixes taken as weights files of our own model.
-WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".ts", ".pth", ".pt", ".ckpt")  # .onnx / .ts: csa export
+#: Suffixes taken as files of our own model: those it loads (.onnx / .ts: csa export), and the
+#: release's checkpoints, which its loader refuses with the advice to run `csa convert`.
+WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".ts", ".pth", ".pt", ".ckpt")
 
 #: Display names and number formats of the metrics in reports.
 LABELS: dict[str, str] = {
@@ -100,35 +102,29 @@ LPIPS_CHOICES = ("alex", "vgg", "off")
 def resolve_method(spec: str, device: str = "cpu") -> tuple[str, InpaintFn]:
     """Turn a method name into ``(label, callable)``.
 
-    ``spec`` is a baseline name (``telea``, ``ns``, ``biharmonic``, ``patchmatch``),
-    ``csa`` (the bundled default model) or the path of a weights file of our model.
-    The model is loaded here (not at import) through :class:`csa.inference.Inpainter`.
+    ``spec`` is a name of :data:`csa.methods.REGISTRY` (a baseline such as ``telea``, or
+    ``csa``, the bundled default model) or the path of a model file. The model is loaded
+    here (not at import); a baseline runs as its own function, as it always has.
     """
+    from .methods import MODEL_ID, REGISTRY, ModelMethod
+
     key = spec.strip().lower()
-    if key in BASELINES:
-        return key, BASELINES[key]
+    if key in REGISTRY and key != MODEL_ID:
+        method = REGISTRY[key].create(None, device)
+        return key, method.rgb8_function()
     path = Path(spec)
-    if key == "csa" or path.suffix.lower() in WEIGHT_SUFFIXES or path.is_file():
-        if key != "csa" and not path.is_file():
+    if key == MODEL_ID or path.suffix.lower() in WEIGHT_SUFFIXES or path.is_file():
+        if key != MODEL_ID and not path.is_file():
             raise CsaError(f"weights file not found: {spec}: check the path")
         try:
-            from .inference import Inpainter
-        except ImportError as exc:  # a partial install without the model
-            raise CsaError(f"method {spec!r} needs csa.inference, which failed to import: {exc}") from None
-        try:
-            inpainter = Inpainter.from_pretrained(None if key == "csa" else path, device=device)
+            method = ModelMethod.load(None if key == MODEL_ID else path, device=device,
+                                      name=MODEL_ID if key == MODEL_ID else None)
         except CsaError as exc:
-            if key != "csa":
+            if key != MODEL_ID:
                 raise
-            # Inpainter's advice names `csa inpaint`'s --weights; here a file is a --method.
+            # The loader's advice names `csa inpaint`'s --weights; here a file is a --method.
             raise CsaError(f"{exc.message} (for csa evaluate: --method path/to/model.safetensors)") from None
-        label = "csa" if key == "csa" else path.stem
-
-        def run(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-            return np.asarray(inpainter(image, mask).convert("RGB"))
-
-        run.__name__ = label
-        return label, run
+        return method.name, method.rgb8_function()
     raise CsaError(
         f"unknown method {spec!r}: give a baseline ({', '.join(BASELINES)}), "
         "'csa' for the bundled model, or the path of a .safetensors weights file"

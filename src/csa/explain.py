@@ -4,7 +4,7 @@ For every hole cell of the refine encoder's feature map (8 x 8 pixels of the mod
 the CSA layer picks one known cell (its search's argmax) and blends it, with weight b, into
 the generate recurrence (:class:`csa.nn.attention.CsaSources`). :class:`Explanation` maps
 those cells through the strategy that ran (``resize``, ``crop`` regions, ``native``; see
-:mod:`csa.inference`) into the input image's pixel coordinates. It is the layer's choice per
+:mod:`csa.pipeline`) into the input image's pixel coordinates. It is the layer's choice per
 cell, not pixel-exact provenance: the rough stage, the decoder and the skip connections shape
 every pixel too.
 
@@ -77,7 +77,7 @@ def frame_from_layer(
 
 def _mirror_map(fit: int, before: int, after: int) -> np.ndarray:
     """For each canvas index along one side, the fit index it shows (the inference code's padding)."""
-    from .inference import _pad_mirror
+    from .pipeline import _pad_mirror
 
     # Two columns: _pad_mirror replicates (rather than reflects) a one-pixel-wide image.
     idx = torch.arange(fit, dtype=torch.float64)[None, None, :, None].expand(1, 1, fit, 2)

@@ -25,6 +25,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import CsaError
 
 DEFAULT_MAX_PIXELS = 50_000_000
+#: The suffixes taken as images wherever a folder is listed (inpainting, training, evaluation, masks).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once: there is no way to read the umask without setting it
 ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]

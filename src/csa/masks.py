@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from .errors import CsaError
-from .imageio import DEFAULT_MAX_PIXELS, atomic_write, read_mask
+from .imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, atomic_write, read_mask
 
 SeedLike = Union[int, np.random.Generator]
 Size = Union[int, tuple[int, int]]
@@ -53,7 +53,7 @@ RATIO_BUCKETS: tuple[tuple[float, float, str], ...] = (
 OTHER_BUCKET = "other"
 BUCKET_NAMES: tuple[str, ...] = tuple(b[2] for b in RATIO_BUCKETS) + (OTHER_BUCKET,)
 
-MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+MASK_SUFFIXES = IMAGE_SUFFIXES  # one list: csa.imageio.IMAGE_SUFFIXES
 POLARITIES = ("white-hole", "black-hole", "auto")
 
 

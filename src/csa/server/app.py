@@ -225,7 +225,8 @@ def _inpaint_png(inpainter: Any, image_bytes: bytes, mask_bytes: bytes, invert: 
     Reading and checking is inference's own ``load_inputs`` (the one mask rule, the size
     check), with the server's pixel limit.
     """
-    from ..inference import InpaintWarning, load_inputs
+    from ..inference import InpaintWarning
+    from ..inputs import load_inputs
 
     t0 = time.perf_counter()
     inputs = load_inputs(image_bytes, mask_bytes, invert=invert, resize_mask=resize_mask, max_pixels=max_pixels)
@@ -282,7 +283,8 @@ def _explain_json(inpainter: Any, image_bytes: bytes, mask_bytes: bytes, invert:
     import base64
 
     from ..explain import refuse
-    from ..inference import InpaintWarning, load_inputs
+    from ..inference import InpaintWarning
+    from ..inputs import load_inputs
 
     if not hasattr(inpainter, "explain"):
         raise refuse("this method", "it has no attention layer")

@@ -1,11 +1,10 @@
 """What ``POST /api/v1/inpaint`` can run: the served model and the installed classical methods.
 
 ``GET /api/v1/methods`` lists them and the page's method selector is fed from it. The
-classical methods are ``csa.baselines.BASELINES``; this module adds what the server needs
-to offer them: a line for the page and the modules each imports beyond the core install
-(a method whose modules are missing is not offered). They run on the whole image at full
-resolution, which is what the model's ``native`` strategy means, so ``native`` is the one
-strategy they accept.
+methods, their descriptions and the extras they need are :data:`csa.methods.REGISTRY`'s
+(a method whose modules are missing is not offered). The server offers the classical
+methods as it always has: on the whole image at full resolution (their default, which is
+what the model's ``native`` strategy means), so ``native`` is the one strategy they accept.
 """
 from __future__ import annotations
 
@@ -13,32 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from ..errors import CsaError
-from ..extras import missing
+from ..methods import CLASSICAL, MODEL_ID, REGISTRY
 
-#: The id of the served model.
-MODEL_ID = "csa"
-#: The strategy a classical method accepts: it always runs at full resolution.
+#: The strategy a classical method accepts here: it always runs at full resolution.
 FULL_RESOLUTION = ("native",)
-
-
-@dataclass(frozen=True)
-class Classical:
-    """A classical method as the server offers it."""
-
-    description: str
-    #: (extra, import names) it needs beyond the core install; None when the core suffices.
-    needs: Optional[tuple[str, tuple[str, ...]]] = None
-
-
-#: One entry per ``csa.baselines.BASELINES`` key (a test checks they match).
-CLASSICAL: dict[str, Classical] = {
-    "telea": Classical("OpenCV fast marching (Telea): quick diffusion from the rim; thin scratches and wires"),
-    "ns": Classical("OpenCV Navier-Stokes: diffusion along edges; thin scratches and wires"),
-    "biharmonic": Classical("scikit-image biharmonic: smooth fill; slow on large holes", ("eval", ("skimage",))),
-    "patchmatch": Classical("PatchMatch: copies texture from elsewhere in the photo (grass, brick, foliage)",
-                            ("eval", ("patchmatch",))),
-    "smooth": Classical("the model's smooth starting fill alone, without the network"),
-}
 
 
 @dataclass(frozen=True)
@@ -75,7 +52,7 @@ def model_method(inpainter: Any) -> Method:
     info = inpainter.model_info() if hasattr(inpainter, "model_info") else {}
     name = info.get("name") or "unnamed"
     if info.get("method", MODEL_ID) == MODEL_ID:
-        description = f"the CSA model ({name}): a learned fill, best on large holes in smooth or shaded areas"
+        description = f"the CSA model ({name}): {REGISTRY[MODEL_ID].description}"
     else:
         description = f"the method this server was started with ({name})"
     return Method(MODEL_ID, description,
@@ -83,15 +60,15 @@ def model_method(inpainter: Any) -> Method:
 
 
 def classical_methods() -> dict[str, Method]:
-    """The classical methods whose packages are installed, in ``CLASSICAL``'s order."""
+    """The classical methods whose packages are installed, in the registry's order."""
     from ..inference import Inpainter
 
     methods = {}
     for key, entry in CLASSICAL.items():
-        if entry.needs is not None and missing(*entry.needs):
+        if not entry.installed():
             continue
-        methods[key] = Method(key, entry.description, FULL_RESOLUTION, "native (the whole image, full resolution)",
-                              Inpainter.from_method(key))
+        inpainter = Inpainter.from_method(key)
+        methods[key] = Method(key, entry.description, FULL_RESOLUTION, inpainter.rules.describe_default(), inpainter)
     return methods
 
 
