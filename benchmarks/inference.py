@@ -105,9 +105,10 @@ def runtimes(threads: int, repeat: int, hole_side: int) -> None:
     import torch
 
     from csa import ModelConfig, build_generator
-    from csa.checkpoints import load_inference_model, save_generator
+    from csa.checkpoints import save_generator
     from csa.export import export_generator
     from csa.inference import DEFAULT_WEIGHTS
+    from csa.runtime import load_inference_model
 
     torch.set_num_threads(threads)  # onnxruntime sessions follow it (csa.runtime.onnx_session)
     rng = np.random.default_rng(0)

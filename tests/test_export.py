@@ -15,12 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from csa.checkpoints import file_kind, load_inference_model, save_generator
+from csa.checkpoints import file_kind, save_generator
 from csa.config import ModelConfig
 from csa.errors import CsaError
 from csa.export import SmoothFill, TraceableCSA, export_generator, resolve_format
 from csa.nn.attention import CoherentSemanticAttention, csa_reference
 from csa.nn.generator import build_generator, smooth_fill
+from csa.runtime import load_inference_model
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")

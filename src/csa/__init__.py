@@ -14,16 +14,11 @@ from __future__ import annotations
 
 import warnings
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from .config import ModelConfig
 from .errors import CsaError
-
-try:
-    __version__ = version("csa-inpaint")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+from .version import __version__
 
 # name -> (module, attribute), imported on first use.
 _LAZY = {

@@ -1,7 +1,7 @@
 """Weights on disk: safetensors with the model config as JSON in the file's metadata,
 written atomically; the converter for the official release's ``.pth`` checkpoints; and
-:func:`load_inference_model`, which opens any model file by what it contains (a
-safetensors generator, or an ONNX / TorchScript export of one, see :mod:`csa.export`)."""
+:func:`file_kind`, what a model file holds by its content (opened for inference by
+:func:`csa.runtime.load_inference_model`)."""
 from __future__ import annotations
 
 import json
@@ -128,33 +128,6 @@ def _looks_like_onnx(f, size: int, max_fields: int = 100_000) -> bool:
             f.seek(value, os.SEEK_CUR)
         seen.add(tag >> 3)
     return False
-
-
-def load_inference_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> torch.nn.Module:
-    """A model file, opened by its content for inference: ``model(image, mask)`` returns ``.composite``.
-
-    safetensors: the PyTorch generator (:func:`load_generator`). ONNX: run by onnxruntime
-    (the [onnx] extra). TorchScript: run by ``torch.jit.load``, which runs code stored in the
-    file: load TorchScript files only from trusted sources. Exports run on CPU.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CsaError(f"weights file not found: {path}")
-    kind = file_kind(path)
-    if kind == "onnx":
-        from .runtime import load_onnx
-
-        return load_onnx(path, device)
-    if kind == "torchscript":
-        from .runtime import load_torchscript
-
-        return load_torchscript(path, device)
-    if kind == "torch-pickle":
-        raise CsaError(f"{path} is {KIND_NAMES[kind]}: convert release checkpoints with `csa convert` first")
-    if kind is None:
-        raise CsaError(f"{path} is not a model file csa can read: give a .safetensors generator, "
-                       "or an .onnx / .ts file written by `csa export`")
-    return load_generator(path, device)
 
 
 def save_generator(model: CSAGenerator, path: PathLike, *, half: bool = False,

@@ -1,4 +1,5 @@
-"""The one exception type for mistakes a user can fix.
+"""The one exception type for mistakes a user can fix, and the one warning type for what a
+user should know (:class:`InpaintWarning`).
 
 The CLI prints its message without a traceback and exits 2; the server maps it to a
 4xx JSON body ``{"error": ..., "detail": ...}`` with ``http_status``.
@@ -42,6 +43,10 @@ class CsaError(Exception):
         if not self.options:
             return self.template
         return self.template.format(**{name: option_name(name, interface) for name in self.options})
+
+
+class InpaintWarning(UserWarning):
+    """Something the user should know that is not an error (e.g. an empty mask, a lossy format)."""
 
 
 # Exit codes shared by every command (docs/conventions.md, 'Exit codes').

@@ -106,12 +106,13 @@ def resolve_method(spec: str, device: str = "cpu") -> tuple[str, InpaintFn]:
     ``csa``, the bundled default model) or the path of a model file. The model is loaded
     here (not at import); a baseline runs as its own function, as it always has.
     """
+    from .inference import rgb8_function
     from .methods import MODEL_ID, REGISTRY, ModelMethod
 
     key = spec.strip().lower()
     if key in REGISTRY and key != MODEL_ID:
         method = REGISTRY[key].create(None, device)
-        return key, method.rgb8_function()
+        return key, rgb8_function(method)
     path = Path(spec)
     if key == MODEL_ID or path.suffix.lower() in WEIGHT_SUFFIXES or path.is_file():
         if key != MODEL_ID and not path.is_file():
@@ -124,7 +125,7 @@ def resolve_method(spec: str, device: str = "cpu") -> tuple[str, InpaintFn]:
                 raise
             # The loader's advice names `csa inpaint`'s --weights; here a file is a --method.
             raise CsaError(f"{exc.message} (for csa evaluate: --method path/to/model.safetensors)") from None
-        return method.name, method.rgb8_function()
+        return method.name, rgb8_function(method)
     raise CsaError(
         f"unknown method {spec!r}: give a baseline ({', '.join(BASELINES)}), "
         "'csa' for the bundled model, or the path of a .safetensors weights file"

@@ -29,6 +29,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from .errors import CsaError
+from .padding import pad_mirror
 
 #: Each feature cell covers this many model-input pixels per side (three stride-2 convolutions).
 CELL = 8
@@ -77,11 +78,9 @@ def frame_from_layer(
 
 def _mirror_map(fit: int, before: int, after: int) -> np.ndarray:
     """For each canvas index along one side, the fit index it shows (the inference code's padding)."""
-    from .pipeline import _pad_mirror
-
-    # Two columns: _pad_mirror replicates (rather than reflects) a one-pixel-wide image.
+    # Two columns: pad_mirror replicates (rather than reflects) a one-pixel-wide image.
     idx = torch.arange(fit, dtype=torch.float64)[None, None, :, None].expand(1, 1, fit, 2)
-    return _pad_mirror(idx, before, after, 0, 0)[0, 0, :, 0].numpy()
+    return pad_mirror(idx, before, after, 0, 0)[0, 0, :, 0].numpy()
 
 
 def _axis(frame: Frame, axis: int) -> tuple[np.ndarray, float, float]:

@@ -23,18 +23,16 @@ recurrence, whose length is read from the mask (torch.export stops at the data-d
 fixed-shape loop state, and the smooth fill's pyramid depth follows H and W. The legacy
 path keeps both loops, needs no onnxscript, and shares one traced module with the
 TorchScript export. TorchScript and that exporter are deprecated in torch 2.13 but work;
-their deprecation notes are silenced here (:func:`deliberate_torchscript`).
+their deprecation notes are silenced (:func:`csa.export_format.deliberate_torchscript`).
 
-Exported graphs take ``image`` (float32 N x 3 x H x W in [-1, 1]) and ``mask`` (float32
-N x 1 x H x W, 1 = hole) and return ``completed`` (the composite, clamped) and ``refined``
-(the refine stage's raw output). Batch size, H and W (multiples of 256) and the hole count
+Exported graphs take ``image`` and ``mask`` and return ``completed`` and ``refined``
+(:mod:`csa.export_format`, the file contract :mod:`csa.runtime` reads). Batch size, H and W (multiples of 256) and the hole count
 are dynamic. The graphs do not check their inputs: callers refuse masks that leave a
 sample no known position at feature resolution (the eager model raises; a graph cannot),
 as :class:`csa.inference.Inpainter` does before every call.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import json
@@ -51,6 +49,9 @@ from torch import Tensor, nn
 from .checkpoints import CONFIG_KEY
 from .errors import CsaError
 from .config import check_csa_mode
+from .export_format import (  # the file contract, shared with csa.runtime
+    EXPORT_FORMAT, FORMAT_KEY, INPUT_NAMES, METADATA_FILE, OUTPUT_NAMES, deliberate_torchscript,
+)
 from .nn.attention import CSA_DOWNSAMPLINGS, EPS, CoherentSemanticAttention, blend_weights, feature_mask
 from .nn.generator import (
     FILL_FINE_SIDE,
@@ -60,33 +61,16 @@ from .nn.generator import (
     CSAGenerator,
     fill_domain,
 )
+from .version import __version__
 
 PathLike = Union[str, os.PathLike]
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {".onnx": "onnx", ".ts": "torchscript"}
-INPUT_NAMES = ("image", "mask")
-OUTPUT_NAMES = ("completed", "refined")
-#: The file's format marker and its metadata (the ModelConfig as JSON under csa.checkpoints'
-#: CONFIG_KEY, provenance): ONNX metadata_props, or the TorchScript extra file METADATA_FILE.
-EXPORT_FORMAT = "csa-generator-export/1"
-FORMAT_KEY = "format"
-METADATA_FILE = "csa_metadata.json"
 #: ONNX opset 17: every op of the graph (Loop, sequences, TopK, ScatterElements, Resize,
 #: InstanceNormalization) is there in the form the exporter writes, runtimes have run it
 #: for years (the [onnx] extra's onnxruntime 1.19+ does), and newer opsets add nothing
 #: this graph uses.
 OPSET = 17
-
-
-@contextlib.contextmanager
-def deliberate_torchscript():
-    """Silence the deprecation notes of TorchScript and the ONNX exporter built on it (chosen
-    on purpose, see the module docstring): they say nothing a user of csa can act on."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        yield
 
 
 # --- the scripted pieces ------------------------------------------------------------------
@@ -273,8 +257,6 @@ def resolve_format(output: PathLike, fmt: Optional[str] = None) -> str:
 
 def export_metadata(generator: CSAGenerator, extra: Optional[dict[str, str]] = None) -> dict[str, str]:
     """What an exported file carries besides its graph: the format marker, the ModelConfig, provenance."""
-    from . import __version__
-
     return {FORMAT_KEY: EXPORT_FORMAT, CONFIG_KEY: generator.config.to_json(),
             "parameters": str(sum(p.numel() for p in generator.parameters())),
             "csa_version": __version__, **(extra or {})}
@@ -366,9 +348,9 @@ def export_source(source: Optional[PathLike], output: PathLike, fmt: Optional[st
     if Path(output).is_dir():
         raise CsaError(f"{output} is a folder: -o names the file to write")
     if source is None:
-        from .inference import default_weights_path
+        from .methods import bundled_model_path
 
-        source = default_weights_path()
+        source = bundled_model_path()
     source = Path(source)
     if source.is_file() and source.resolve() == Path(output).resolve():
         raise CsaError(f"-o {output} is the source itself: write the export to another file")
@@ -379,7 +361,7 @@ def export_source(source: Optional[PathLike], output: PathLike, fmt: Optional[st
         raise CsaError(f"{source} is {KIND_NAMES[kind]}: csa export reads a run folder, a checkpoint "
                        "folder or a generator .safetensors")
     else:
-        from .train import GENERATOR_FILE, resolve_checkpoint
+        from .run_folder import GENERATOR_FILE, resolve_checkpoint
 
         source = resolve_checkpoint(source)
         weights, extra = source / GENERATOR_FILE, {"exported_from": source.name}

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from .devices import resolve_device
-from .errors import CsaError
+from .errors import CsaError, InpaintWarning  # InpaintWarning: importable from here too
 from .imageio import DEFAULT_MAX_PIXELS, ImageSource, array_to_8bit, array_to_pil, output_format, save_array
 from .inputs import InpaintOptions, Inputs, load_inputs
 from .methods import (
@@ -60,10 +60,6 @@ _METHODS_OWN: Any = object()
 
 #: The old name of :func:`csa.methods.bundled_model_path` (the VGG16 file is csa.weights.vgg16_source()).
 default_weights_path = bundled_model_path
-
-
-class InpaintWarning(UserWarning):
-    """Something the user should know that is not an error (e.g. an empty mask, a lossy format)."""
 
 
 
@@ -119,7 +115,7 @@ class Inpainter:
     ) -> "Inpainter":
         """Load a model file (None: the bundled default model) onto ``device``.
 
-        The file's content decides how it runs (:func:`csa.checkpoints.load_inference_model`):
+        The file's content decides how it runs (:func:`csa.runtime.load_inference_model`):
         a .safetensors generator in PyTorch, an ONNX export in onnxruntime, a TorchScript
         export in ``torch.jit.load`` (which runs the file's code: trusted sources only).
         """
@@ -287,6 +283,21 @@ class Inpainter:
         out = self.inpaint_inputs(inputs, strategy=opts.strategy, trace=frames)
         used = self.resolve_strategy(opts.strategy, *inputs.size)
         return build(inputs.image, out, inputs.hole, used, frames)
+
+
+def rgb8_function(method: Method) -> FillFn:
+    """``method`` as ``(uint8 H x W x 3, bool H x W) -> uint8 H x W x 3`` (for csa evaluate): a
+    classical method's own fill function (no pipeline, as the evaluation always ran it), any
+    other method through the pipeline."""
+    if isinstance(method, ClassicalMethod):
+        return method.fill
+    inpainter = Inpainter(method)
+
+    def run(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return np.asarray(inpainter(image, mask).convert("RGB"))
+
+    run.__name__ = method.name
+    return run
 
 
 def to_pil(arr: np.ndarray) -> Image.Image:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Optional, Union
 import numpy as np
 import torch
 
-from .errors import CsaError
+from .errors import CsaError, InpaintWarning
 from .extras import missing
 
 if TYPE_CHECKING:
@@ -139,18 +139,6 @@ class Method:
               canvas: tuple[int, int]) -> "Frame":
         raise NotImplementedError
 
-    def rgb8_function(self) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-        """``(uint8 H x W x 3, bool H x W) -> uint8 H x W x 3`` through the pipeline (for csa evaluate)."""
-        from .inference import Inpainter
-
-        inpainter = Inpainter(self)
-
-        def run(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-            return np.asarray(inpainter(image, mask).convert("RGB"))
-
-        run.__name__ = self.name
-        return run
-
 
 # --- our model ------------------------------------------------------------------------------
 
@@ -171,9 +159,9 @@ class ModelMethod(Method):
     def load(cls, path: Optional[PathLike] = None, device: Union[str, torch.device] = "cpu",
              name: Optional[str] = None, **kwargs: Any) -> "ModelMethod":
         """A model file (None: the bundled model); its content decides how it runs
-        (:func:`csa.checkpoints.load_inference_model`)."""
-        from .checkpoints import load_inference_model
-        from .inference import resolve_device
+        (:func:`csa.runtime.load_inference_model`)."""
+        from .devices import resolve_device
+        from .runtime import load_inference_model
 
         weights = Path(path) if path is not None else bundled_model_path()
         model = load_inference_model(weights, device=resolve_device(device))
@@ -289,9 +277,6 @@ class ClassicalMethod(Method):
 
         return refuse(f"the classical method {self.name!r}", "it has no attention layer")
 
-    def rgb8_function(self) -> FillFn:
-        return self.fill  # already that signature: no pipeline, as the evaluation always ran it
-
 
 # --- the registry ---------------------------------------------------------------------------
 
@@ -317,8 +302,6 @@ def _classical(name: str, description: str, needs: Optional[tuple[str, tuple[str
         from . import baselines
 
         if weights is not None:
-            from .inference import InpaintWarning
-
             warnings.warn(InpaintWarning(f"--weights is ignored by --method {name}"), stacklevel=4)
         return ClassicalMethod(name, baselines.BASELINES[name])
 

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import CsaError
+from .errors import CsaError, InpaintWarning
 from .methods import STRATEGIES, SizeRules
+from .padding import pad_mirror
 
 if TYPE_CHECKING:
     from .inputs import Inputs
@@ -65,8 +66,6 @@ def run(method: "Method", rules: SizeRules, inputs: "Inputs", strategy: Optional
     ``trace``: a list that receives one :class:`csa.explain.Frame` per method run; None
     records nothing.
     """
-    from .inference import InpaintWarning
-
     arr, hole = inputs.image, inputs.hole
     if not hole.any():
         warnings.warn(InpaintWarning("the mask has no hole pixels: the image is returned unchanged"), stacklevel=3)
@@ -105,7 +104,7 @@ def _fill_region(method: "Method", rules: SizeRules, arr: np.ndarray, hole: np.n
     canvas = rules.canvas(fit)
     pt, pl = (canvas[0] - fit[0]) // 2, (canvas[1] - fit[1]) // 2
     pads = (pt, canvas[0] - fit[0] - pt, pl, canvas[1] - fit[1] - pl)
-    xs = _pad_mirror(xs, *pads)
+    xs = pad_mirror(xs, *pads)
     hs = F.pad(hs, (pads[2], pads[3], pads[0], pads[1]), value=0.0)  # padding counts as known
     where = f"scaled to the model's {canvas[1]}x{canvas[0]} input"
     filled = method.forward(xs, hs, where)[:, :, pt:pt + fit[0], pl:pl + fit[1]]
@@ -126,7 +125,7 @@ def _fill_native(method: "Method", rules: SizeRules, arr: np.ndarray, hole: np.n
             f"(this one: {ph}x{pw} = {ph * pw:,}): use --strategy crop or resize"
         )
     x, h = _tensor(arr, hole, method)
-    x = _pad_mirror(x, 0, ph - height, 0, pw - width)
+    x = pad_mirror(x, 0, ph - height, 0, pw - width)
     h = F.pad(h, (0, pw - width, 0, ph - height), value=0.0)
     filled = method.forward(x, h, f"at full resolution ({pw}x{ph})")[:, :, :height, :width]
     _paste(out, (0, 0, height, width), filled, hole)
@@ -183,18 +182,6 @@ def _resize_hole_t(hole: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(hole.shape[-2:]) == tuple(size):
         return hole
     return (F.adaptive_avg_pool2d(hole, size) > 0).to(hole.dtype)
-
-
-def _pad_mirror(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
-    """Reflect padding of any width (reflection needs pad < side: repeat it while it grows)."""
-    while top or bottom or left or right:
-        h, w = x.shape[-2:]
-        t, b, l, r = min(top, h - 1), min(bottom, h - 1), min(left, w - 1), min(right, w - 1)
-        if h == 1 or w == 1:  # nothing to reflect: replicate
-            return F.pad(x, (left, right, top, bottom), mode="replicate")
-        x = F.pad(x, (l, r, t, b), mode="reflect")
-        top, bottom, left, right = top - t, bottom - b, left - l, right - r
-    return x
 
 
 # --- crop strategy: where to crop ------------------------------------------------------------

@@ -300,17 +300,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
         with contextlib.suppress(Exception):  # a different GPU count: keep the current CUDA RNG
             torch.cuda.set_rng_state_all(state["cuda"])
 
-
-# --- export -----------------------------------------------------------------------------------
-
-
-def export_generator(source: PathLike, output: PathLike, half: bool = False) -> tuple[Path, int, int]:
-    """``csa export``: the generator of a run (its latest checkpoint) or of one checkpoint, alone.
-
-    Returns (checkpoint used, parameter count, file size in bytes). ONNX and TorchScript
-    exports (and .safetensors sources): :func:`csa.export.export_source`, which this calls.
-    """
-    from .export import export_source
-
-    report = export_source(resolve_checkpoint(source), output, "safetensors", half=half)
-    return report.source, report.parameters, report.size

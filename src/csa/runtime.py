@@ -1,5 +1,6 @@
 """Running exported generators (:mod:`csa.export`): ONNX through onnxruntime, TorchScript
-through ``torch.jit.load``.
+through ``torch.jit.load``; and :func:`load_inference_model`, which opens any model file by
+what it contains (a safetensors generator, or an ONNX / TorchScript export of one).
 
 Both loaders return an ``nn.Module`` that :class:`csa.inference.Inpainter` uses like the
 PyTorch generator: ``model(image, mask)`` with image N x 3 x H x W in [-1, 1] and mask
@@ -21,10 +22,10 @@ from typing import Any, NamedTuple, Union
 import torch
 from torch import Tensor, nn
 
-from .checkpoints import CONFIG_KEY
+from .checkpoints import CONFIG_KEY, KIND_NAMES, file_kind, load_generator
 from .config import ModelConfig
 from .errors import CsaError
-from .export import EXPORT_FORMAT, deliberate_torchscript, FORMAT_KEY, INPUT_NAMES, METADATA_FILE, OUTPUT_NAMES
+from .export_format import EXPORT_FORMAT, deliberate_torchscript, FORMAT_KEY, INPUT_NAMES, METADATA_FILE, OUTPUT_NAMES
 
 PathLike = Union[str, os.PathLike]
 
@@ -159,3 +160,26 @@ def load_torchscript(path: PathLike, device: Union[str, torch.device] = "cpu") -
         metadata = {}
     config = _config(path, metadata if isinstance(metadata, dict) else {}, "a TorchScript")
     return TorchScriptGenerator(path, module.eval(), metadata, config).eval()
+
+
+def load_inference_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> torch.nn.Module:
+    """A model file, opened by its content for inference: ``model(image, mask)`` returns ``.composite``.
+
+    safetensors: the PyTorch generator (:func:`csa.checkpoints.load_generator`). ONNX: run by onnxruntime
+    (the [onnx] extra). TorchScript: run by ``torch.jit.load``, which runs code stored in the
+    file: load TorchScript files only from trusted sources. Exports run on CPU.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CsaError(f"weights file not found: {path}")
+    kind = file_kind(path)
+    if kind == "onnx":
+        return load_onnx(path, device)
+    if kind == "torchscript":
+        return load_torchscript(path, device)
+    if kind == "torch-pickle":
+        raise CsaError(f"{path} is {KIND_NAMES[kind]}: convert release checkpoints with `csa convert` first")
+    if kind is None:
+        raise CsaError(f"{path} is not a model file csa can read: give a .safetensors generator, "
+                       "or an .onnx / .ts file written by `csa export`")
+    return load_generator(path, device)

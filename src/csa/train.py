@@ -58,10 +58,26 @@ from .signals import StopFlag
 # their own modules; they stay importable from csa.train.
 from .run_folder import (  # noqa: E402,F401  (re-exported)
     CHECKPOINT_DIR, GENERATOR_FILE, LATEST, NETS_FILE, STATE_FILE, STATE_FORMAT, TRAIN_CONFIG_KEY,
-    export_generator, list_checkpoints, read_generator_weights, read_state, resolve_checkpoint, widen_input_channels,
+    list_checkpoints, read_generator_weights, read_state, resolve_checkpoint, widen_input_channels,
 )
 
 PathLike = Union[str, os.PathLike]
+
+
+# Kept under the name csa.train has always offered; it lives here, above csa.export (which reads
+# run folders through csa.run_folder), so that csa.run_folder stays below csa.export.
+def export_generator(source: PathLike, output: PathLike, half: bool = False) -> tuple[Path, int, int]:
+    """``csa export``: the generator of a run (its latest checkpoint) or of one checkpoint, alone.
+
+    Returns (checkpoint used, parameter count, file size in bytes). ONNX and TorchScript
+    exports (and .safetensors sources): :func:`csa.export.export_source`, which this calls.
+    """
+    from .export import export_source
+
+    report = export_source(resolve_checkpoint(source), output, "safetensors", half=half)
+    return report.source, report.parameters, report.size
+
+
 _OTHER_NETS = ("d_image", "d_feature", "consistency")  # the prefixes in training.safetensors
 
 
