@@ -14,6 +14,11 @@ from csa.inference import DEFAULT_WEIGHTS, Inpainter
 from synthetic_scenes import mean_colour_error, scenes
 
 TOLERANCE = 3.0  # 8-bit levels
+# The bundled model does not meet the bar on these yet (the retraining for texture goes on; errors measured on
+# the shipped weights: road-block 4.5, table-block 4.4, table-strokes 4.6, sky-block 6.4
+# levels; the smooth start is within 0.1 on the blocks, 1.6 on the table strokes). Strict:
+# once a model passes one, the marker must go.
+NOT_YET = {"road-block", "table-block", "table-strokes", "sky-block"}
 
 pytestmark = pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="no default model bundled yet")
 
@@ -23,7 +28,14 @@ def inpainter() -> Inpainter:
     return Inpainter.from_pretrained()
 
 
-@pytest.mark.parametrize("scene", scenes(), ids=lambda s: s.name)
+def _cases():
+    for scene in scenes():
+        marks = [pytest.mark.xfail(strict=True, reason="the bundled model tints this fill (model card, 'The colour casts')")] \
+            if scene.name in NOT_YET else []
+        yield pytest.param(scene, id=scene.name, marks=marks)
+
+
+@pytest.mark.parametrize("scene", list(_cases()))
 def test_fill_keeps_the_background_colour(inpainter, scene) -> None:
     result = np.asarray(inpainter(scene.image, scene.hole).convert("RGB"))
     error = mean_colour_error(result, scene.image, scene.hole)
