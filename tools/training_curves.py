@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-# term in scalars.jsonl -> the loss weight that multiplies it (None: weight 1)
+# term in scalars.jsonl -> the loss section key of the weight that multiplies it
 TERMS = {"l1_refined": "l1", "l1_rough": "l1", "consistency": "consistency", "g_image": "gan_image",
          "g_feature": "gan_feature", "perceptual": "perceptual", "style": "style", "grid": "grid"}
 

@@ -506,10 +506,10 @@ def has_known_feature(mask: np.ndarray) -> bool:
     """True if the mask leaves a known position at feature resolution (docs/method.md, 'The CSA layer: feature mask')."""
     import torch
 
-    from .nn.attention import feature_mask
+    from .nn.attention import CSA_DOWNSAMPLINGS, feature_mask, known_per_sample
 
     t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
-    return bool((feature_mask(t) < 0.5).any())
+    return bool(known_per_sample(feature_mask(t, CSA_DOWNSAMPLINGS)).all())
 
 
 class MaskSampler:

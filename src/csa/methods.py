@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Optional, Union
 import numpy as np
 import torch
 
+from .config import SIDE_MULTIPLE
 from .errors import CsaError, InpaintWarning
 from .extras import missing
 
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
 #: Where the bundled default model lives (shipped with the package once it is trained).
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "assets" / "default.safetensors"
 STRATEGIES = ("resize", "crop", "native")
-#: Both U-Nets halve the resolution 8 times: the model's input sides are multiples of this.
-SIDE_MULTIPLE = 256
 #: Cap of the ``native`` strategy, counted after padding to multiples of 256. Measured on CPU
 #: with the paper-size model (benchmarks/inference.py): about 3 GB peak at 1024x1024 and about
 #: 2.5 GB more per further megapixel, plus the CSA layer's hole x known score matrix, which
@@ -174,11 +173,9 @@ class ModelMethod(Method):
 
     def forward(self, x: torch.Tensor, hole: torch.Tensor, where: str) -> torch.Tensor:
         """The generator on [0, 1] inputs with sides multiples of 256; returns the composite in [0, 1]."""
-        from .nn.attention import feature_mask
-        from .nn.generator import CSA_DOWNSAMPLINGS
+        from .nn.attention import CSA_DOWNSAMPLINGS, feature_mask, known_per_sample
 
-        known = (feature_mask(hole, CSA_DOWNSAMPLINGS) < 0.5).flatten(1).any(dim=1)
-        if not bool(known.all()):
+        if not bool(known_per_sample(feature_mask(hole, CSA_DOWNSAMPLINGS)).all()):
             raise CsaError(
                 f"{where}, the mask leaves no known area at the model's feature resolution (1/8 of its input): "
                 "there is nothing to copy from. Leave more of the image unmasked, or try another --strategy"

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..config import SIDE_MULTIPLE, ModelConfig
 from ..errors import CsaError
-# CSA_DOWNSAMPLINGS is defined with the CSA layer and stays importable from here (csa.inference reads it here).
+# CSA_DOWNSAMPLINGS is defined with the CSA layer; it stays importable from here for older code.
 from .attention import CSA_DOWNSAMPLINGS, CoherentSemanticAttention, checked_feature_mask  # noqa: F401
 
 # The release's constant for the rough stage's hole fill: (123, 104, 117) / 255 in [-1, 1].
