@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from csa.config import ModelConfig
 from csa.losses import ConsistencyLoss, LossWeights, Objective, masked_mse, ralsgan_d, ralsgan_g, weighted_l1
@@ -161,21 +162,33 @@ def test_texture_terms_reach_the_generator():
 
 
 def test_grid_term_sees_a_pixel_grid_not_texture():
-    """loss.grid: a 2-, 4- or 8-pixel grid in the fill costs; random texture of the same amplitude
-    costs far less; the truth costs nothing; the term reaches the refine net."""
-    from csa.losses import grid_loss
+    """loss.grid: a 2-, 4- or 8-pixel grid in the fill costs; texture with a smooth spectrum,
+    the same texture shifted by a pixel, a flat fill and an empty hole cost (about) nothing;
+    the term reaches the refine net."""
+    from csa.losses import grid_loss, grid_ratio, hole_box
 
     g = torch.Generator().manual_seed(0)
-    truth = torch.rand(2, 3, 64, 64, generator=g) * 2 - 1
-    hole = torch.zeros(2, 1, 64, 64, dtype=torch.bool)
-    hole[..., 16:48, 16:48] = True
-    assert grid_loss(truth, truth).item() == 0.0
+    # Photo-like texture: noise blurred at several scales (power falling off with frequency).
+    noise = torch.randn(2, 3, 64, 64, generator=g)
+    truth = sum(F.interpolate(F.avg_pool2d(noise, k), size=64, mode="bilinear", align_corners=False)
+                for k in (2, 4, 8, 16)) * 0.2
+    hole = torch.zeros(2, 1, 64, 64)
+    hole[..., 16:48, 16:48] = 1
+    base = grid_loss(truth, hole).item()
+    assert base < 0.05
+    assert grid_loss(torch.roll(truth, 1, dims=3), hole).item() < 0.05
+    assert grid_loss(torch.zeros_like(truth), hole).item() == 0.0
+    assert grid_loss(truth, torch.zeros_like(hole)).item() == 0.0
     yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
     grids = [((yy + xx) % 2 * 2 - 1).float(), ((xx // 2) % 2 * 2 - 1).float(), ((yy // 4) % 2 * 2 - 1).float()]
-    noise = grid_loss(torch.where(hole, truth + 0.05 * torch.randn(truth.shape, generator=g), truth), truth).item()
     for pattern in grids:
-        cost = grid_loss(torch.where(hole, truth + 0.05 * pattern, truth), truth).item()
-        assert cost > 5 * noise, (cost, noise)
+        cost = grid_loss(torch.where(hole > 0, truth + 0.05 * pattern, truth), hole).item()
+        assert cost > 0.5, cost  # log of the ratio above log 2: the ratio is above about 3.3
+    # The box: the hole's bounding box grown to multiples of 8 px and at least 32 px, inside the image.
+    small = torch.zeros(64, 64, dtype=torch.bool)
+    small[60:63, 1:12] = True
+    assert hole_box(small) == (slice(32, 64), slice(0, 32))
+    assert grid_ratio(torch.zeros(3, 32, 32)).tolist() == [1.0, 1.0, 1.0]
 
     torch.manual_seed(0)
     config = ModelConfig(rough_ngf=4, refine_ngf=4)

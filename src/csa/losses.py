@@ -5,6 +5,7 @@ both sides), and the feature discriminator's generator term sees VGG(fake) with 
 """
 from __future__ import annotations
 
+import math
 from typing import Literal, NamedTuple, Optional, Sequence
 
 import torch
@@ -128,36 +129,64 @@ def style_loss(fake_pools: Sequence[Tensor], real_pools: Sequence[Tensor]) -> Te
 
 GRID_PERIOD = 8  # the up path's three 2x transposed convs below the CSA level: grids of 2, 4 and 8 px
 GRID_NEIGHBOUR = 2  # a harmonic's power is compared with the bins this far away on either axis
+GRID_TOLERANCE = 2.0  # harmonics up to this many times their neighbours' power are free (photos: about 1)
+GRID_MIN_SIDE = 4 * GRID_PERIOD  # a smaller hole is measured in a box of this side around it
 
 
-def grid_excess(x: Tensor, period: int = GRID_PERIOD) -> Tensor:
-    """Power at the harmonics of a ``period``-pixel grid above that of the nearby frequencies.
+def grid_ratio(region: Tensor, period: int = GRID_PERIOD) -> Tensor:
+    """Power at a ``period``-pixel grid's harmonics over the power beside them, per channel.
 
-    N x C x H x W (sides divisible by ``period``) -> one value: over the (period^2 - 1)
-    harmonic bins (a H / period, b W / period) of each channel's 2-D spectrum, the power in
-    excess of the mean of the four bins ``GRID_NEIGHBOUR`` away, summed, averaged over N and C.
-    Texture spreads its power over neighbouring frequencies (no excess); a grid locked to the
-    pixel grid puts it in the harmonic bins alone.
+    ``region``: ... x C x H x W (sides divisible by ``period``) -> ... x C. The region's mean
+    is removed and a 2-D Hann window applied; over the (period^2 - 1) harmonic bins
+    (a H / period, b W / period) of each channel's power spectrum the summed power is divided
+    by the summed mean power of the four bins ``GRID_NEIGHBOUR`` away. Photographic texture
+    spreads its power over neighbouring frequencies (about 1); a pattern locked to the pixel
+    grid, as stride-2 transposed convs paint, puts it in the harmonic bins alone (far above 1).
+    The harmonics of an 8-px grid include those of the 4- and 2-px grids.
     """
-    n, c, h, w = x.shape
-    power = torch.fft.fft2(x).abs().pow(2) / (h * w)
+    h, w = region.shape[-2:]
+    x = region - region.mean((-2, -1), keepdim=True)
+    window = torch.outer(torch.hann_window(h, periodic=False, dtype=x.dtype, device=x.device),
+                         torch.hann_window(w, periodic=False, dtype=x.dtype, device=x.device))
+    power = torch.fft.fft2(x * window).abs().pow(2)
     fy = torch.arange(0, h, h // period, device=x.device)[:, None]
     fx = torch.arange(0, w, w // period, device=x.device)[None, :]
+    not_dc = (torch.arange(period * period, device=x.device) > 0).view(period, period)
     offsets = ((GRID_NEIGHBOUR, 0), (-GRID_NEIGHBOUR, 0), (0, GRID_NEIGHBOUR), (0, -GRID_NEIGHBOUR))
     around = sum(power[..., (fy + dy) % h, (fx + dx) % w] for dy, dx in offsets) / len(offsets)
-    excess = F.relu(power[..., fy, fx] - around)
-    excess = excess * (torch.arange(period * period, device=x.device) > 0).view(period, period)  # not DC
-    return excess.sum() / (n * c)
+    floor = 1e-8 * power.sum((-2, -1)).detach() + 1e-30  # a flat region: 1, not 0 / 0
+    return ((power[..., fy, fx] * not_dc).sum((-2, -1)) + floor) / ((around * not_dc).sum((-2, -1)) + floor)
 
 
-def grid_loss(composite: Tensor, target: Tensor) -> Tensor:
-    """:func:`grid_excess` of the fill's residual ``composite - target`` (zero outside the hole).
+def hole_box(hole: Tensor, period: int = GRID_PERIOD, min_side: int = GRID_MIN_SIDE) -> Optional[tuple[slice, slice]]:
+    """The bounding box of ``hole`` (H x W, true in the hole), grown to sides that are multiples
+    of ``period`` and at least ``min_side``, inside the image; None for an empty hole."""
+    rows, cols = torch.nonzero(hole, as_tuple=True)
+    if rows.numel() == 0:
+        return None
+    box = []
+    for lo, hi, size in ((int(rows.min()), int(rows.max()) + 1, hole.shape[0]), (int(cols.min()), int(cols.max()) + 1, hole.shape[1])):
+        side = min(max(min_side, -(-(hi - lo) // period) * period), size // period * period)
+        start = min(max(0, (lo + hi - side) // 2), size - side)
+        box.append(slice(start, start + side))
+    return box[0], box[1]
 
-    Not in the paper: a penalty on a periodic grid over the fill (docs/method.md, 'Losses: beyond the paper').
+
+def grid_loss(composite: Tensor, mask: Tensor) -> Tensor:
+    """``log`` of :func:`grid_ratio` above ``log GRID_TOLERANCE`` in each sample's hole box, averaged.
+
+    ``mask``: N x 1 x H x W, 1 in the hole. Not in the paper: a penalty on a periodic grid over
+    the fill (docs/method.md, 'Losses: beyond the paper').
     """
     with torch.autocast(composite.device.type, enabled=False):
-        composite, target = _float32(composite, target)
-        return grid_excess(composite - target)
+        composite, mask = _float32(composite, mask)
+        costs = []
+        for image, hole in zip(composite, mask[:, 0] > 0.5):
+            box = hole_box(hole)
+            if box is not None:
+                ratio = grid_ratio(image[:, box[0], box[1]])
+                costs.append(F.relu(torch.log(ratio) - math.log(GRID_TOLERANCE)).mean())
+        return torch.stack(costs).mean() if costs else composite.new_zeros(())
 
 
 class VGGPair(NamedTuple):
@@ -238,7 +267,7 @@ class Objective(nn.Module):
             terms["style"] = style_loss(feats.fake_pools, feats.real_pools)
             total = total + w.style * terms["style"]
         if w.grid > 0:
-            terms["grid"] = grid_loss(out.composite, gt)
+            terms["grid"] = grid_loss(out.composite, mask)
             total = total + w.grid * terms["grid"]
         terms["total"] = total
         return terms
