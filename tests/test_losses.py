@@ -161,6 +161,30 @@ def test_texture_terms_reach_the_generator():
     assert grads and any(gr.abs().sum() > 0 for gr in grads)
 
 
+def test_grid_term_sees_a_mesh_along_the_border_of_the_hole():
+    """A mesh only in the outer 8 px of a 64-px hole: the hole's own box (its Hann window weighs
+    the border little) hardly sees it; the term's grown views do."""
+    import math
+
+    from csa.losses import GRID_TOLERANCE, grid_loss, grid_ratio, hole_box
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(2, 3, 128, 128, generator=g)
+    truth = sum(F.interpolate(F.avg_pool2d(noise, k), size=128, mode="bilinear", align_corners=False)
+                for k in (2, 4, 8, 16)) * 0.2
+    hole = torch.zeros(2, 1, 128, 128)
+    hole[..., 32:96, 32:96] = 1
+    ring = hole.clone()
+    ring[..., 40:88, 40:88] = 0
+    yy, xx = torch.meshgrid(torch.arange(128), torch.arange(128), indexing="ij")
+    for pattern in (((yy + xx) % 2 * 2 - 1).float(), ((yy % 8 == 0) & (xx % 8 == 0)).float() * 4):
+        meshed = truth + 0.05 * pattern * ring
+        rows, cols = hole_box(hole[0, 0] > 0)
+        own_box = F.relu(torch.log(grid_ratio(meshed[:, :, rows, cols])) - math.log(GRID_TOLERANCE)).mean().item()
+        assert own_box < 0.1
+        assert grid_loss(meshed, hole).item() > 0.5 > 5 * grid_loss(truth, hole).item()
+
+
 def test_grid_term_sees_a_pixel_grid_not_texture():
     """loss.grid: a 2-, 4- or 8-pixel grid in the fill costs; texture with a smooth spectrum,
     the same texture shifted by a pixel, a flat fill and an empty hole cost (about) nothing;
@@ -189,6 +213,10 @@ def test_grid_term_sees_a_pixel_grid_not_texture():
     small[60:63, 1:12] = True
     assert hole_box(small) == (slice(32, 64), slice(0, 32))
     assert grid_ratio(torch.zeros(3, 32, 32)).tolist() == [1.0, 1.0, 1.0]
+
+    square = torch.zeros(64, 64, dtype=torch.bool)
+    square[16:48, 16:48] = True
+    assert hole_box(square, grow=1 / 3) == (slice(4, 60), slice(4, 60))  # 32 + 2 * 11 px, to 56
 
     torch.manual_seed(0)
     config = ModelConfig(rough_ngf=4, refine_ngf=4)

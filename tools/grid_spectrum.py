@@ -7,7 +7,7 @@ puts it in a few bins. For every pair this script takes the box of the hole (``c
 the same box for every method) and measures, for each period P, ``csa.losses.grid_ratio``: with
 the box's mean removed and a 2-D Hann window applied, the power at the harmonics
 (a N/P, b N/P) (not both 0) over the power two bins beside them, summed over the harmonics,
-per channel (the measure the training term ``loss.grid`` penalises above 2). It prints the
+per channel (the first of the views the training term ``loss.grid`` penalises above 2). It prints the
 median over the pairs, for the ground truth and for each method: about 1 for photographs,
 far above for a grid. Run it on square holes (``centre:128``); on thin strokes the box is mostly known
 pixels and the figure says little.

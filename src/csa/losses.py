@@ -131,15 +131,21 @@ GRID_PERIOD = 8  # the up path's three 2x transposed convs below the CSA level: 
 GRID_NEIGHBOUR = 2  # a harmonic's power is compared with the bins this far away on either axis
 GRID_TOLERANCE = 2.0  # harmonics up to this many times their neighbours' power are free (photos: about 1)
 GRID_MIN_SIDE = 4 * GRID_PERIOD  # a smaller hole is measured in a box of this side around it
+# The term's views of a fill: (how much the hole's box grows on each side, as a fraction of its
+# side; grid period; neighbour distance in bins). The hole's own box sees an 8-px mesh in the
+# hole's middle at full contrast, but its window gives the border little weight; a box grown by
+# a third holds the border inside the window and sees the mesh there and the 2-px checkerboard,
+# with the neighbours further out (a grid confined to the hole spreads over box / hole bins).
+GRID_VIEWS = ((0.0, GRID_PERIOD, GRID_NEIGHBOUR), (1 / 3, GRID_PERIOD, 6), (1 / 3, 2, 6))
 
 
-def grid_ratio(region: Tensor, period: int = GRID_PERIOD) -> Tensor:
+def grid_ratio(region: Tensor, period: int = GRID_PERIOD, neighbour: int = GRID_NEIGHBOUR) -> Tensor:
     """Power at a ``period``-pixel grid's harmonics over the power beside them, per channel.
 
     ``region``: ... x C x H x W (sides divisible by ``period``) -> ... x C. The region's mean
     is removed and a 2-D Hann window applied; over the (period^2 - 1) harmonic bins
     (a H / period, b W / period) of each channel's power spectrum the summed power is divided
-    by the summed mean power of the four bins ``GRID_NEIGHBOUR`` away. Photographic texture
+    by the summed mean power of the four bins ``neighbour`` away. Photographic texture
     spreads its power over neighbouring frequencies (about 1); a pattern locked to the pixel
     grid, as stride-2 transposed convs paint, puts it in the harmonic bins alone (far above 1).
     The harmonics of an 8-px grid include those of the 4- and 2-px grids.
@@ -152,28 +158,32 @@ def grid_ratio(region: Tensor, period: int = GRID_PERIOD) -> Tensor:
     fy = torch.arange(0, h, h // period, device=x.device)[:, None]
     fx = torch.arange(0, w, w // period, device=x.device)[None, :]
     not_dc = (torch.arange(period * period, device=x.device) > 0).view(period, period)
-    offsets = ((GRID_NEIGHBOUR, 0), (-GRID_NEIGHBOUR, 0), (0, GRID_NEIGHBOUR), (0, -GRID_NEIGHBOUR))
+    offsets = ((neighbour, 0), (-neighbour, 0), (0, neighbour), (0, -neighbour))
     around = sum(power[..., (fy + dy) % h, (fx + dx) % w] for dy, dx in offsets) / len(offsets)
     floor = 1e-8 * power.sum((-2, -1)).detach() + 1e-30  # a flat region: 1, not 0 / 0
     return ((power[..., fy, fx] * not_dc).sum((-2, -1)) + floor) / ((around * not_dc).sum((-2, -1)) + floor)
 
 
-def hole_box(hole: Tensor, period: int = GRID_PERIOD, min_side: int = GRID_MIN_SIDE) -> Optional[tuple[slice, slice]]:
-    """The bounding box of ``hole`` (H x W, true in the hole), grown to sides that are multiples
-    of ``period`` and at least ``min_side``, inside the image; None for an empty hole."""
+def hole_box(hole: Tensor, period: int = GRID_PERIOD, min_side: int = GRID_MIN_SIDE,
+             grow: float = 0.0) -> Optional[tuple[slice, slice]]:
+    """The bounding box of ``hole`` (H x W, true in the hole) with ``grow`` times its side added on
+    each side, grown to sides that are multiples of ``period`` and at least ``min_side``, inside
+    the image; None for an empty hole."""
     rows, cols = torch.nonzero(hole, as_tuple=True)
     if rows.numel() == 0:
         return None
     box = []
     for lo, hi, size in ((int(rows.min()), int(rows.max()) + 1, hole.shape[0]), (int(cols.min()), int(cols.max()) + 1, hole.shape[1])):
-        side = min(max(min_side, -(-(hi - lo) // period) * period), size // period * period)
+        wanted = (hi - lo) + 2 * round(grow * (hi - lo))
+        side = min(max(min_side, -(-wanted // period) * period), size // period * period)
         start = min(max(0, (lo + hi - side) // 2), size - side)
         box.append(slice(start, start + side))
     return box[0], box[1]
 
 
 def grid_loss(composite: Tensor, mask: Tensor) -> Tensor:
-    """``log`` of :func:`grid_ratio` above ``log GRID_TOLERANCE`` in each sample's hole box, averaged.
+    """``log`` of :func:`grid_ratio` above ``log GRID_TOLERANCE``, summed over ``GRID_VIEWS`` of
+    each sample's hole, averaged over channels and samples.
 
     ``mask``: N x 1 x H x W, 1 in the hole. Not in the paper: a penalty on a periodic grid over
     the fill (docs/method.md, 'Losses: beyond the paper').
@@ -182,10 +192,14 @@ def grid_loss(composite: Tensor, mask: Tensor) -> Tensor:
         composite, mask = _float32(composite, mask)
         costs = []
         for image, hole in zip(composite, mask[:, 0] > 0.5):
-            box = hole_box(hole)
-            if box is not None:
-                ratio = grid_ratio(image[:, box[0], box[1]])
-                costs.append(F.relu(torch.log(ratio) - math.log(GRID_TOLERANCE)).mean())
+            cost = []
+            for grow, period, neighbour in GRID_VIEWS:
+                box = hole_box(hole, grow=grow)
+                if box is not None:
+                    ratio = grid_ratio(image[:, box[0], box[1]], period, neighbour)
+                    cost.append(F.relu(torch.log(ratio) - math.log(GRID_TOLERANCE)).mean())
+            if cost:
+                costs.append(torch.stack(cost).sum())
         return torch.stack(costs).mean() if costs else composite.new_zeros(())
 
 
