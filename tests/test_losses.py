@@ -161,6 +161,13 @@ def test_texture_terms_reach_the_generator():
     assert grads and any(gr.abs().sum() > 0 for gr in grads)
 
 
+def photo_like_texture(side: int) -> torch.Tensor:
+    """2 x 3 x side x side noise blurred at several scales: power falling off with frequency."""
+    noise = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0))
+    return sum(F.interpolate(F.avg_pool2d(noise, k), size=side, mode="bilinear", align_corners=False)
+               for k in (2, 4, 8, 16)) * 0.2
+
+
 def test_grid_term_sees_a_mesh_along_the_border_of_the_hole():
     """A mesh only in the outer 8 px of a 64-px hole: the hole's own box (its Hann window weighs
     the border little) hardly sees it; the term's grown views do."""
@@ -168,10 +175,7 @@ def test_grid_term_sees_a_mesh_along_the_border_of_the_hole():
 
     from csa.losses import GRID_TOLERANCE, grid_loss, grid_ratio, hole_box
 
-    g = torch.Generator().manual_seed(0)
-    noise = torch.randn(2, 3, 128, 128, generator=g)
-    truth = sum(F.interpolate(F.avg_pool2d(noise, k), size=128, mode="bilinear", align_corners=False)
-                for k in (2, 4, 8, 16)) * 0.2
+    truth = photo_like_texture(128)
     hole = torch.zeros(2, 1, 128, 128)
     hole[..., 32:96, 32:96] = 1
     ring = hole.clone()
@@ -191,11 +195,7 @@ def test_grid_term_sees_a_pixel_grid_not_texture():
     the term reaches the refine net."""
     from csa.losses import grid_loss, grid_ratio, hole_box
 
-    g = torch.Generator().manual_seed(0)
-    # Photo-like texture: noise blurred at several scales (power falling off with frequency).
-    noise = torch.randn(2, 3, 64, 64, generator=g)
-    truth = sum(F.interpolate(F.avg_pool2d(noise, k), size=64, mode="bilinear", align_corners=False)
-                for k in (2, 4, 8, 16)) * 0.2
+    truth = photo_like_texture(64)
     hole = torch.zeros(2, 1, 64, 64)
     hole[..., 16:48, 16:48] = 1
     base = grid_loss(truth, hole).item()
