@@ -1,21 +1,14 @@
 """tools/grid_spectrum.py: a grid locked to the pixels stands out, texture and flat colour do not."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from tool_module import load_tool
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("grid_spectrum", REPO / "tools" / "grid_spectrum.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("grid_spectrum")
 
 
 def smooth_texture(rng: np.random.Generator, side: int = 128) -> np.ndarray:

@@ -1,7 +1,6 @@
 """VGG16 feature extractor, its weight loading, and the Keras -> torchvision weight converter."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import zipfile
 from pathlib import Path
@@ -21,7 +20,6 @@ from csa.weights import load_vgg16_default
 
 torch.set_num_threads(2)
 
-REPO = Path(__file__).resolve().parents[1]
 
 # torchvision's vgg16().features up to relu4_3, written out by hand: index -> (type, weight shape).
 TORCHVISION_FEATURES = {
@@ -373,10 +371,9 @@ def test_converted_features_match_the_onnx_graph(synthetic_onnx) -> None:
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("convert_keras_vgg16", REPO / "tools" / "convert_keras_vgg16.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from tool_module import load_tool
+
+    return load_tool("convert_keras_vgg16")
 
 
 def test_tool_converts_a_wheel(tmp_path, synthetic_onnx, capsys) -> None:
