@@ -230,3 +230,42 @@ def test_grid_term_sees_a_pixel_grid_not_texture():
     assert terms["grid"].item() > 0
     terms["grid"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n.startswith("refine"))
+
+
+def test_peak_term_sees_a_pattern_at_any_frequency_beyond_the_truths():
+    """loss.peak: a faint diagonal or off-grid pattern in the fill, which the grid term does not
+    watch, costs; texture with a smooth spectrum, a shifted copy, a flat fill, an empty hole and a
+    fill that repeats the truth's own periodic texture cost (about) nothing; the term reaches the
+    refine net."""
+    import math
+
+    from csa.losses import grid_loss, peak_loss
+
+    truth = photo_like_texture(128)
+    hole = torch.zeros(2, 1, 128, 128)
+    hole[..., 32:96, 32:96] = 1
+    assert peak_loss(truth, truth, hole).item() == 0.0
+    assert peak_loss(torch.roll(truth, 1, dims=3), truth, hole).item() < 0.05
+    assert peak_loss(torch.zeros_like(truth), truth, hole).item() == 0.0
+    assert peak_loss(truth, truth, torch.zeros_like(hole)).item() == 0.0
+    yy, xx = torch.meshgrid(torch.arange(128).float(), torch.arange(128).float(), indexing="ij")
+    for fy, fx in ((7, 11), (-13, 5), (3, 29)):  # cycles per 64 px: none a harmonic of a 2/4/8-px grid
+        wave = torch.cos(2 * math.pi * (fy * yy + fx * xx) / 64)
+        meshed = torch.where(hole > 0, truth + 0.05 * wave, truth)
+        assert grid_loss(meshed, hole).item() < 0.1
+        assert peak_loss(meshed, truth, hole).item() > 0.3  # one wave: 2 peak bins of about 3,200
+        # a truth with that pattern of its own (a fence, bricks) lets the fill have it too
+        assert peak_loss(meshed, truth + 0.05 * wave, hole).item() < 0.05
+
+    torch.manual_seed(0)
+    config = ModelConfig(rough_ngf=4, refine_ngf=4)
+    model = build_generator(config)
+    objective = Objective(None, config.tap_channels, LossWeights(consistency=0.0, gan_image=0.0, gan_feature=0.0, peak=1.0))
+    x = torch.rand(1, 3, 256, 256) * 2 - 1
+    mask = torch.zeros(1, 1, 256, 256)
+    mask[..., 96:160, 96:160] = 1
+    out = model(x, mask)
+    terms = objective.generator_loss(None, None, out, x, mask, objective.vgg_features(out, x))
+    assert terms["peak"].item() > 0
+    terms["peak"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n.startswith("refine"))

@@ -9,7 +9,8 @@ the box's mean removed and a 2-D Hann window applied, the power at the harmonics
 (a N/P, b N/P) (not both 0) over the power two bins beside them, summed over the harmonics,
 per channel (the first of the views the training term ``loss.grid`` penalises above 2). It prints the
 median over the pairs, for the ground truth and for each method: about 1 for photographs,
-far above for a grid. Run it on square holes (``centre:128``); on thin strokes the box is mostly known
+far above for a grid. A last column gives ``csa.losses.peak_excess`` (narrow peaks at any
+frequency, what ``loss.peak`` penalises beyond the truth's): about 0.1 for photographs. Run it on square holes (``centre:128``); on thin strokes the box is mostly known
 pixels and the figure says little.
 
     .venv/bin/python tools/grid_spectrum.py /work/data/eval-crops --method csa --method smooth \
@@ -28,16 +29,18 @@ import torch
 from csa.data import EvalPairs
 from csa.errors import CsaError
 from csa.evaluate import resolve_methods
-from csa.losses import grid_ratio, hole_box
+from csa.losses import grid_ratio, hole_box, peak_excess
 
 PERIODS = (2, 4, 8, 16)
 
 
-def peak_ratios(region: np.ndarray, periods=PERIODS) -> dict[int, float]:
-    """``region``: float H x W x C. Period -> :func:`csa.losses.grid_ratio`, mean over channels."""
+def peak_ratios(region: np.ndarray, periods=PERIODS) -> dict:
+    """``region``: float H x W x C. Period -> :func:`csa.losses.grid_ratio`, and "peaks" ->
+    :func:`csa.losses.peak_excess`, each the mean over channels."""
     x = torch.from_numpy(np.ascontiguousarray(region.transpose(2, 0, 1), dtype=np.float64))
     h, w = x.shape[-2:]
-    return {p: float(grid_ratio(x, p).mean()) for p in periods if h % p == 0 and w % p == 0}
+    ratios: dict = {p: float(grid_ratio(x, p).mean()) for p in periods if h % p == 0 and w % p == 0}
+    return ratios | {"peaks": float(peak_excess(x).mean())}
 
 
 def main(argv=None) -> int:
@@ -64,12 +67,13 @@ def main(argv=None) -> int:
     except CsaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    periods = sorted({p for r in ratios["ground truth"] for p in r})
+    periods = sorted({p for r in ratios["ground truth"] for p in r if p != "peaks"})
     print(f"median over {len(ratios['ground truth'])} pairs of harmonic / neighbouring power in the hole's box")
-    print("| method | " + " | ".join(f"period {p}" for p in periods) + " |")
-    print("|---|" + "---:|" * len(periods))
+    print("| method | " + " | ".join(f"period {p}" for p in periods) + " | peaks |")
+    print("|---|" + "---:|" * (len(periods) + 1))
     for label, rs in ratios.items():
         cells = [f"{np.median([r[p] for r in rs if p in r]):.1f}" for p in periods]
+        cells.append(f"{np.median([r['peaks'] for r in rs]):.2f}")
         print(f"| {label} | " + " | ".join(cells) + " |")
     return 0
 

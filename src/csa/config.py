@@ -113,6 +113,7 @@ class LossConfig:
     perceptual: float = 0.0  # not in the paper: relative VGG feature distance at pool1-3 (0: off)
     style: float = 0.0  # not in the paper: relative Gram-matrix distance at pool1-3, a texture term (0: off)
     grid: float = 0.0  # not in the paper: spectral peaks of a 2/4/8-pixel grid in the fill (0: off)
+    peak: float = 0.0  # not in the paper: narrow spectral peaks anywhere in the fill beyond the truth's (0: off)
     d_input: Literal["raw", "composite"] = "raw"  # what D sees as fake; the release: the raw refined output
     vgg_weights: Optional[str] = None  # VGG16 weights file; None: $CSA_VGG16, then ~/.cache/csa/
 
@@ -215,7 +216,7 @@ class Config:
                 raise CsaError(f"train.{key} must be >= 0, got {getattr(t, key)}")
         if t.log_every < 1:
             raise CsaError("train.log_every must be at least 1")
-        for key in ("l1", "consistency", "gan_image", "gan_feature", "perceptual", "style", "grid"):
+        for key in ("l1", "consistency", "gan_image", "gan_feature", "perceptual", "style", "grid", "peak"):
             if getattr(lo, key) < 0:
                 raise CsaError(f"loss.{key} must be >= 0 (0 switches the term off), got {getattr(lo, key)}")
         if self.data.num_workers < 0:

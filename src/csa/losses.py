@@ -203,6 +203,68 @@ def grid_loss(composite: Tensor, mask: Tensor) -> Tensor:
         return torch.stack(costs).mean() if costs else composite.new_zeros(())
 
 
+PEAK_INNER = 1  # a bin's power is the mean over the (2 r + 1)^2 bins around it: a Hann-windowed line's main lobe
+PEAK_OUTER = 4  # ... compared with the mean over the ring out to this many bins (the inner square left out)
+PEAK_DC = 4  # bins this close to 0 frequency are left out: a photo's steep low-frequency slope is no peak
+PEAK_TOLERANCE = 3.0  # a bin up to this many times its ring is free (photos: rarely above)
+PEAK_SCALE = 100.0  # the cost's unit: the bundled csa-texture's centre fills cost about 3, photos 0.1
+
+
+def _box_mean(power: Tensor, radius: int) -> Tensor:
+    """Circular mean of ``power`` (... x H x W) over a (2 radius + 1)^2 square around each bin."""
+    side = 2 * radius + 1
+    flat = power.reshape(-1, 1, *power.shape[-2:])
+    padded = F.pad(flat, (radius,) * 4, mode="circular")
+    return F.avg_pool2d(padded, side, stride=1).reshape(power.shape)
+
+
+def peak_excess(region: Tensor) -> Tensor:
+    """How much narrow peaks stand out of ``region``'s spectrum, per channel (... x C x H x W -> ... x C).
+
+    With the mean removed and a 2-D Hann window applied, each bin's power (averaged over its
+    3 x 3 square) is compared with the mean power of the ring around it out to ``PEAK_OUTER``
+    bins; the excess of ``log`` of that ratio over ``log PEAK_TOLERANCE`` is averaged over every
+    bin further than ``PEAK_DC`` from 0 frequency, times ``PEAK_SCALE``. A pattern locked to
+    the pixel grid at any period or angle puts its power in isolated bins and scores high;
+    photographic texture spreads its power and scores near 0. The ring is not differentiated:
+    the only way down is to take power out of the peak, not to add noise around it.
+    """
+    h, w = region.shape[-2:]
+    x = region - region.mean((-2, -1), keepdim=True)
+    window = torch.outer(torch.hann_window(h, periodic=False, dtype=x.dtype, device=x.device),
+                         torch.hann_window(w, periodic=False, dtype=x.dtype, device=x.device))
+    power = torch.fft.fft2(x * window).abs().pow(2)
+    inner = _box_mean(power, PEAK_INNER)
+    n_in, n_out = (2 * PEAK_INNER + 1) ** 2, (2 * PEAK_OUTER + 1) ** 2
+    ring = ((_box_mean(power, PEAK_OUTER) * n_out - inner * n_in) / (n_out - n_in)).detach()
+    fy = torch.fft.fftfreq(h, device=x.device) * h
+    fx = torch.fft.fftfreq(w, device=x.device) * w
+    far = (fy[:, None] ** 2 + fx[None, :] ** 2) > PEAK_DC ** 2
+    floor = 1e-8 * power.sum((-2, -1), keepdim=True).detach() + 1e-30  # a flat region: 0, not 0 / 0
+    excess = F.relu(torch.log((inner + floor) / (ring + floor)) - math.log(PEAK_TOLERANCE)) * far
+    return PEAK_SCALE * excess.sum((-2, -1)) / far.sum()
+
+
+def peak_loss(composite: Tensor, gt: Tensor, mask: Tensor) -> Tensor:
+    """:func:`peak_excess` of the fill in each hole's box above that of the truth in the same box,
+    averaged over channels and samples (a truth with real periodic texture, a fence or bricks,
+    lets the fill have as much).
+
+    ``mask``: N x 1 x H x W, 1 in the hole. Not in the paper (docs/method.md, 'Losses: beyond
+    the paper').
+    """
+    with torch.autocast(composite.device.type, enabled=False):
+        composite, gt, mask = _float32(composite, gt, mask)
+        costs = []
+        for image, truth, hole in zip(composite, gt, mask[:, 0] > 0.5):
+            box = hole_box(hole)
+            if box is not None:
+                with torch.no_grad():
+                    allowed = peak_excess(truth[:, box[0], box[1]])
+                costs.append(F.relu(peak_excess(image[:, box[0], box[1]]) - allowed).mean())
+        return torch.stack(costs).mean() if costs else composite.new_zeros(())
+
+
 class VGGPair(NamedTuple):
     """VGG16 features of the ground truth (no gradient) and of the fake (with gradient)."""
 
@@ -283,5 +345,8 @@ class Objective(nn.Module):
         if w.grid > 0:
             terms["grid"] = grid_loss(out.composite, mask)
             total = total + w.grid * terms["grid"]
+        if w.peak > 0:
+            terms["peak"] = peak_loss(out.composite, gt, mask)
+            total = total + w.peak * terms["peak"]
         terms["total"] = total
         return terms
