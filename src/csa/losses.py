@@ -139,6 +139,15 @@ GRID_MIN_SIDE = 4 * GRID_PERIOD  # a smaller hole is measured in a box of this s
 GRID_VIEWS = ((0.0, GRID_PERIOD, GRID_NEIGHBOUR), (1 / 3, GRID_PERIOD, 6), (1 / 3, 2, 6))
 
 
+def _windowed_power(region: Tensor) -> Tensor:
+    """The power spectrum of ``region`` (... x H x W) with its mean removed and a 2-D Hann window applied."""
+    h, w = region.shape[-2:]
+    x = region - region.mean((-2, -1), keepdim=True)
+    window = torch.outer(torch.hann_window(h, periodic=False, dtype=x.dtype, device=x.device),
+                         torch.hann_window(w, periodic=False, dtype=x.dtype, device=x.device))
+    return torch.fft.fft2(x * window).abs().pow(2)
+
+
 def grid_ratio(region: Tensor, period: int = GRID_PERIOD, neighbour: int = GRID_NEIGHBOUR) -> Tensor:
     """Power at a ``period``-pixel grid's harmonics over the power beside them, per channel.
 
@@ -151,13 +160,10 @@ def grid_ratio(region: Tensor, period: int = GRID_PERIOD, neighbour: int = GRID_
     The harmonics of an 8-px grid include those of the 4- and 2-px grids.
     """
     h, w = region.shape[-2:]
-    x = region - region.mean((-2, -1), keepdim=True)
-    window = torch.outer(torch.hann_window(h, periodic=False, dtype=x.dtype, device=x.device),
-                         torch.hann_window(w, periodic=False, dtype=x.dtype, device=x.device))
-    power = torch.fft.fft2(x * window).abs().pow(2)
-    fy = torch.arange(0, h, h // period, device=x.device)[:, None]
-    fx = torch.arange(0, w, w // period, device=x.device)[None, :]
-    not_dc = (torch.arange(period * period, device=x.device) > 0).view(period, period)
+    power = _windowed_power(region)
+    fy = torch.arange(0, h, h // period, device=power.device)[:, None]
+    fx = torch.arange(0, w, w // period, device=power.device)[None, :]
+    not_dc = (torch.arange(period * period, device=power.device) > 0).view(period, period)
     offsets = ((neighbour, 0), (-neighbour, 0), (0, neighbour), (0, -neighbour))
     around = sum(power[..., (fy + dy) % h, (fx + dx) % w] for dy, dx in offsets) / len(offsets)
     floor = 1e-8 * power.sum((-2, -1)).detach() + 1e-30  # a flat region: 1, not 0 / 0
@@ -230,15 +236,12 @@ def peak_excess(region: Tensor) -> Tensor:
     the only way down is to take power out of the peak, not to add noise around it.
     """
     h, w = region.shape[-2:]
-    x = region - region.mean((-2, -1), keepdim=True)
-    window = torch.outer(torch.hann_window(h, periodic=False, dtype=x.dtype, device=x.device),
-                         torch.hann_window(w, periodic=False, dtype=x.dtype, device=x.device))
-    power = torch.fft.fft2(x * window).abs().pow(2)
+    power = _windowed_power(region)
     inner = _box_mean(power, PEAK_INNER)
     n_in, n_out = (2 * PEAK_INNER + 1) ** 2, (2 * PEAK_OUTER + 1) ** 2
     ring = ((_box_mean(power, PEAK_OUTER) * n_out - inner * n_in) / (n_out - n_in)).detach()
-    fy = torch.fft.fftfreq(h, device=x.device) * h
-    fx = torch.fft.fftfreq(w, device=x.device) * w
+    fy = torch.fft.fftfreq(h, device=power.device) * h
+    fx = torch.fft.fftfreq(w, device=power.device) * w
     far = (fy[:, None] ** 2 + fx[None, :] ** 2) > PEAK_DC ** 2
     floor = 1e-8 * power.sum((-2, -1), keepdim=True).detach() + 1e-30  # a flat region: 0, not 0 / 0
     excess = F.relu(torch.log((inner + floor) / (ring + floor)) - math.log(PEAK_TOLERANCE)) * far
